@@ -1,0 +1,172 @@
+"""carmulti: coordinate many LLM agents at once.
+
+A Python port of the Rust crate car-multi (Common Agent Runtime) on a Cython
+core (:mod:`carcore`). The caller supplies an :class:`AgentRunner` that drives
+the model; carmulti decides when and how agents run: :class:`Swarm` (parallel,
+sequential, debate), :class:`Pipeline`, :class:`Supervisor`, :class:`Delegator`,
+:class:`MapReduce` and :class:`Vote`, over a :class:`SharedInfra` (state store,
+event log, policies, budget, executor).
+
+Everything public is importable from here; the implementation lives in modules.
+"""
+
+import inspect
+
+from ._run import run
+from .budget import BudgetLimits, BudgetSnapshot, CoordinationBudget, budget_skipped_output, is_budget_skipped
+from .errors import (
+    AdvisorExhausted,
+    AgentFailed,
+    BudgetError,
+    BudgetExhausted,
+    CarError,
+    LogCorruptedError,
+    MailboxFull,
+    MailboxSend,
+    MailboxTimeout,
+    MaxRoundsExceeded,
+    MergeConflictError,
+    MultiError,
+    NoOutput,
+    PoolAtCapacity,
+    ToolError,
+    UnknownSpecialist,
+    WireProtocolError,
+)
+from .executors import AgentJob, AgentRun, Executor, LocalExecutor
+from .infra import SharedInfra
+from .isolation import AgentContext, TaskScope
+from .mailbox import Inbox, Mailbox
+from .patterns import (
+    DELEGATE_SCHEMA,
+    DelegatingExecutor,
+    DelegationRecord,
+    Delegator,
+    DelegatorResult,
+    MapReduce,
+    MapReduceResult,
+    Pipeline,
+    PipelineResult,
+    Supervisor,
+    SupervisorResult,
+    Swarm,
+    SwarmMode,
+    SwarmResult,
+    Vote,
+    VoteResult,
+    normalize_vote,
+)
+from .policy import PolicyEngine, PolicyViolation
+from .pool import AgentId, AgentMessage, AgentPool, MessageRouter, PooledMailbox
+from .runner import AgentRunner
+from .runtime import (
+    Action,
+    ActionProposal,
+    ActionResult,
+    ActionStatus,
+    ActionType,
+    FailureBehavior,
+    Precondition,
+    ProposalResult,
+    Runtime,
+    ToolExecutor,
+)
+from .types import AgentOutput, AgentSpec, Message, TokenAccounting, truncate
+from .workspace import WORKSPACE_METADATA_KEY, AgentWorkspace, WorkspaceConfig, WorkspaceError, WorkspaceMode
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Action",
+    "ActionProposal",
+    "ActionResult",
+    "ActionStatus",
+    "ActionType",
+    "AdvisorExhausted",
+    "AgentContext",
+    "AgentFailed",
+    "AgentId",
+    "AgentJob",
+    "AgentMessage",
+    "AgentOutput",
+    "AgentPool",
+    "AgentRun",
+    "AgentRunner",
+    "AgentSpec",
+    "AgentWorkspace",
+    "BudgetError",
+    "BudgetExhausted",
+    "BudgetLimits",
+    "BudgetSnapshot",
+    "CarError",
+    "CoordinationBudget",
+    "DELEGATE_SCHEMA",
+    "DelegatingExecutor",
+    "DelegationRecord",
+    "Delegator",
+    "DelegatorResult",
+    "Executor",
+    "FailureBehavior",
+    "Inbox",
+    "LocalExecutor",
+    "LogCorruptedError",
+    "Mailbox",
+    "MailboxFull",
+    "MailboxSend",
+    "MailboxTimeout",
+    "MapReduce",
+    "MapReduceResult",
+    "MaxRoundsExceeded",
+    "MergeConflictError",
+    "Message",
+    "MessageRouter",
+    "MultiError",
+    "NoOutput",
+    "Pipeline",
+    "PipelineResult",
+    "PolicyEngine",
+    "PolicyViolation",
+    "PoolAtCapacity",
+    "PooledMailbox",
+    "Precondition",
+    "ProposalResult",
+    "Runtime",
+    "SharedInfra",
+    "Supervisor",
+    "SupervisorResult",
+    "Swarm",
+    "SwarmMode",
+    "SwarmResult",
+    "TaskScope",
+    "TokenAccounting",
+    "ToolError",
+    "ToolExecutor",
+    "UnknownSpecialist",
+    "Vote",
+    "VoteResult",
+    "WORKSPACE_METADATA_KEY",
+    "WireProtocolError",
+    "WorkspaceConfig",
+    "WorkspaceError",
+    "WorkspaceMode",
+    "budget_skipped_output",
+    "is_budget_skipped",
+    "normalize_vote",
+    "run",
+    "truncate",
+]
+
+
+def _fix_module_metadata() -> None:
+    """Show public objects as ``carmulti.X`` in reprs, tracebacks and pickles (trio, httpx)."""
+    g = globals()
+    for name in __all__:
+        obj = g[name]
+        mod = getattr(obj, "__module__", None)
+        if isinstance(mod, str) and mod.startswith("carmulti.") and (isinstance(obj, type) or inspect.isfunction(obj)):
+            obj.__module__ = "carmulti"
+
+
+_fix_module_metadata()
+del _fix_module_metadata
+del inspect

@@ -1,0 +1,277 @@
+"""Coordination budget: token, dollar and agent-count limits shared by every agent.
+
+Port of car-multi ``budget.rs`` (0.21+). The runtime does not meter tokens: it
+sums what runners report (:meth:`CoordinationBudget.record`) and gates the
+*next* spawn on the running total (:meth:`CoordinationBudget.begin_agent`).
+"Once a limit is crossed, no new agent is started." Overshoot is bounded by the
+spend of the agents already in flight.
+
+The counters live in a ``carcore.BudgetCounters`` shared-memory block updated
+with C11 atomics, so worker processes charge the same budget lock-free, and
+``max_agents`` is a hard cap: a compare-and-swap reservation never lets the
+started count exceed it, even under concurrent ``begin_agent()`` calls from
+several processes. Slots are not refunded (a failed agent still counts).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from carcore import BudgetCounters
+
+from .errors import BudgetError
+from .types import AgentOutput, TokenAccounting
+
+__all__ = [
+    "BUDGET_SKIP_PREFIX",
+    "BudgetLimits",
+    "BudgetSnapshot",
+    "CoordinationBudget",
+    "budget_skipped_output",
+    "is_budget_skipped",
+]
+
+#: Error prefix that marks an agent the budget refused to start.
+BUDGET_SKIP_PREFIX = "budget skipped: "
+
+_IN, _OUT, _COST, _AGENTS = 0, 1, 2, 3
+_SLOTS = 4
+
+
+@dataclass(frozen=True)
+class BudgetLimits:
+    """Optional ceilings; ``None`` means unlimited.
+
+    Attributes:
+        max_input_tokens: Prompt tokens, summed over agents.
+        max_output_tokens: Completion tokens, summed over agents.
+        max_total_tokens: Input + output tokens.
+        max_cost_usd: Dollars (US), summed over agents.
+        max_agents: Hard cap on agents *started* (regardless of spend).
+
+    Usage::
+
+        BudgetLimits()                        # unbounded: a no-op
+        BudgetLimits(max_total_tokens=10_000) # stop starting agents past 10k tokens
+        BudgetLimits(max_cost_usd=0.50)       # ... past 50 cents
+        BudgetLimits(max_agents=8)            # never more than 8 agents started
+    """
+
+    max_input_tokens: int | None = None
+    max_output_tokens: int | None = None
+    max_total_tokens: int | None = None
+    max_cost_usd: float | None = None
+    max_agents: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("max_input_tokens", "max_output_tokens", "max_total_tokens", "max_agents"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
+                raise ValueError(f"BudgetLimits.{name} must be an int >= 0 or None, got {v!r}")
+        c = self.max_cost_usd
+        if c is not None and (not isinstance(c, (int, float)) or isinstance(c, bool) or math.isnan(c) or c < 0):
+            raise ValueError(f"BudgetLimits.max_cost_usd must be a number >= 0 (dollars) or None, got {c!r}")
+
+    @property
+    def is_unbounded(self) -> bool:
+        """True when every limit is ``None``."""
+        return (self.max_input_tokens is None and self.max_output_tokens is None and self.max_total_tokens is None
+                and self.max_cost_usd is None and self.max_agents is None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "max_input_tokens": self.max_input_tokens,
+            "max_output_tokens": self.max_output_tokens,
+            "max_total_tokens": self.max_total_tokens,
+            "max_cost_usd": self.max_cost_usd,
+            "max_agents": self.max_agents,
+        }
+
+
+def _crossed(value: float, limit: float | None) -> bool:
+    """The one place that decides "crossed": ``value >= limit`` (flip to ``>`` here if ever needed)."""
+    return limit is not None and value >= limit
+
+
+@dataclass(frozen=True)
+class BudgetSnapshot:
+    """Point-in-time view of a budget.
+
+    Attributes:
+        input_tokens, output_tokens, total_tokens: Reported tokens so far.
+        cost_usd: Reported dollars so far.
+        agents_started: Agents admitted by ``begin_agent`` (never refunded).
+        limits: The limits.
+        exhausted: A *spend* limit (tokens or cost) is crossed. Does not
+            reflect ``max_agents``.
+    """
+
+    input_tokens: int
+    output_tokens: int
+    total_tokens: int
+    cost_usd: float
+    agents_started: int
+    limits: BudgetLimits
+    exhausted: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "total_tokens": self.total_tokens,
+            "cost_usd": self.cost_usd,
+            "agents_started": self.agents_started,
+            "limits": self.limits.to_dict(),
+            "exhausted": self.exhausted,
+        }
+
+
+class CoordinationBudget:
+    """Shared spend/agent budget on lock-free shared-memory counters.
+
+    The shared-memory block is created on first use and unlinked by
+    :meth:`close` (``SharedInfra.aclose`` calls it). After close, reads return
+    the final values; spending raises ``ValueError``.
+
+    Args:
+        limits: The ceilings (default: unbounded).
+    """
+
+    def __init__(self, limits: BudgetLimits | None = None) -> None:
+        if limits is not None and not isinstance(limits, BudgetLimits):
+            raise TypeError(f"CoordinationBudget(limits) takes a BudgetLimits, got {type(limits).__name__}")
+        self.limits = limits if limits is not None else BudgetLimits()
+        self._counters: BudgetCounters | None = None
+        self._final: tuple[int, int, float, int] | None = None
+
+    @classmethod
+    def unbounded(cls) -> "CoordinationBudget":
+        return cls(BudgetLimits())
+
+    @classmethod
+    def attach(cls, limits: BudgetLimits, name: str) -> "CoordinationBudget":
+        """Attach to a budget created in another process (by its shared-memory ``name``)."""
+        self = cls(limits)
+        self._counters = BudgetCounters.attach(name)
+        return self
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (CoordinationBudget.attach, (self.limits, self.counters.name))
+
+    @property
+    def counters(self) -> BudgetCounters:
+        """The shared-memory counters (created on first access)."""
+        c = self._counters
+        if c is None:
+            if self._final is not None:
+                raise ValueError("this CoordinationBudget is closed; its counters were unlinked")
+            c = self._counters = BudgetCounters(_SLOTS)
+        return c
+
+    # -- reading ---------------------------------------------------------------
+    def _values(self) -> tuple[int, int, float, int]:
+        if self._final is not None:
+            return self._final
+        c = self._counters
+        if c is None:
+            return (0, 0, 0.0, 0)
+        return (c.load(_IN), c.load(_OUT), c.load_f64(_COST), c.load(_AGENTS))
+
+    def _exhausted_reason(self, vals: tuple[int, int, float, int]) -> str | None:
+        lim = self.limits
+        i, o, cost, _ = vals
+        if _crossed(i, lim.max_input_tokens):
+            return f"input tokens {i} >= limit {lim.max_input_tokens}"
+        if _crossed(o, lim.max_output_tokens):
+            return f"output tokens {o} >= limit {lim.max_output_tokens}"
+        if _crossed(i + o, lim.max_total_tokens):
+            return f"total tokens {i + o} >= limit {lim.max_total_tokens}"
+        if _crossed(cost, lim.max_cost_usd):
+            return f"cost ${cost:.6f} >= limit ${lim.max_cost_usd}"
+        return None
+
+    def snapshot(self) -> BudgetSnapshot:
+        """Current totals and whether a spend limit is crossed."""
+        vals = self._values()
+        i, o, cost, agents = vals
+        return BudgetSnapshot(i, o, i + o, cost, agents, self.limits, self._exhausted_reason(vals) is not None)
+
+    @property
+    def exhausted(self) -> bool:
+        """A spend limit is crossed (cheap check for runners between model calls)."""
+        return self._exhausted_reason(self._values()) is not None
+
+    # -- spending --------------------------------------------------------------
+    def begin_agent(self) -> None:
+        """Reserve one agent slot, immediately before a spawn.
+
+        Checks, in order: (1) a spend limit is already crossed; (2) atomically,
+        ``agents_started < max_agents`` then ``agents_started += 1``.
+
+        Raises:
+            BudgetError: ``kind="exhausted"`` (text ``budget exhausted: {reason}``)
+                or ``kind="agent_limit"`` (text ``agent limit reached: {started}/{max}``).
+                Nothing is reserved when it raises.
+        """
+        lim = self.limits
+        if lim.is_unbounded:
+            self.counters.add(_AGENTS, 1)
+            return
+        reason = self._exhausted_reason(self._values())
+        if reason is not None:
+            raise BudgetError("exhausted", reason=reason, snapshot=self.snapshot())
+        if lim.max_agents is None:
+            self.counters.add(_AGENTS, 1)
+        elif not self.counters.reserve(_AGENTS, 1, lim.max_agents):
+            started = self.counters.load(_AGENTS)
+            raise BudgetError("agent_limit", started=started, max_agents=lim.max_agents, snapshot=self.snapshot())
+
+    def record(self, tokens: TokenAccounting | None) -> None:
+        """Add one agent's reported spend (``None`` adds nothing).
+
+        Raises:
+            ValueError: negative token counts or a negative/NaN cost.
+        """
+        if tokens is None:
+            return
+        i, o, cost = tokens.input_tokens, tokens.output_tokens, tokens.cost_usd
+        if i < 0 or o < 0 or not (cost >= 0):
+            raise ValueError(f"reported spend must be non-negative, got input={i} output={o} cost_usd={cost}")
+        c = self.counters
+        if i:
+            c.add(_IN, int(i))
+        if o:
+            c.add(_OUT, int(o))
+        if cost:
+            c.add_f64(_COST, float(cost))
+
+    def record_output(self, output: AgentOutput) -> None:
+        """``record(output.tokens)``."""
+        self.record(output.tokens)
+
+    def close(self) -> None:
+        """Freeze the totals and release the shared memory (owner unlinks it). Idempotent."""
+        if self._final is None:
+            self._final = self._values()
+        c, self._counters = self._counters, None
+        if c is not None:
+            c.close()
+
+    def __repr__(self) -> str:
+        s = self.snapshot()
+        return f"<CoordinationBudget total_tokens={s.total_tokens} cost_usd={s.cost_usd} agents_started={s.agents_started} limits={self.limits}>"
+
+
+def budget_skipped_output(name: str, err: BaseException | str) -> AgentOutput:
+    """The output recorded for an agent the budget refused to start.
+
+    ``error`` is ``"budget skipped: " + str(err)``; everything else is empty/zero.
+    """
+    return AgentOutput(name=name, error=BUDGET_SKIP_PREFIX + str(err))
+
+
+def is_budget_skipped(output: AgentOutput) -> bool:
+    """True iff ``output.error`` starts with ``"budget skipped: "``."""
+    return output.error is not None and output.error.startswith(BUDGET_SKIP_PREFIX)

@@ -1,0 +1,239 @@
+"""The carmulti error tree.
+
+Every error carmulti raises on purpose derives from :class:`carcore.CarError`::
+
+    Exception
+     └── CarError                          (carcore.errors: root of carcore + carmulti)
+          ├── MergeConflictError           overlay merge refused (first_committer_wins)
+          ├── LogCorruptedError            journal damaged in the middle
+          └── MultiError                   any coordination failure (Rust ``MultiError``)
+               ├── AgentFailed             a load-bearing agent failed: ``agent '{name}' failed: {msg}``
+               ├── MailboxSend             ``mailbox send error: {msg}``
+               │    └── MailboxFull        a bounded inbox stayed full past the send timeout
+               ├── MailboxTimeout          ``mailbox recv timeout for agent '{agent}'``
+               ├── UnknownSpecialist       ``unknown specialist: '{name}'``
+               ├── NoOutput                ``no agents produced output``
+               ├── MaxRoundsExceeded       ``max rounds exceeded: {n}``
+               ├── BudgetExhausted         ``coordination budget exhausted: {msg}``
+               ├── AdvisorExhausted        ``advisor exhausted: used {used} of {max_uses} allowed consultations``
+               ├── BudgetError             a spawn was refused by the coordination budget
+               ├── PoolAtCapacity          ``agent pool at capacity ({running}/{max})``
+               ├── ToolError               a tool call failed (message becomes the action's error)
+               └── WireProtocolError       a malformed frame between coordinator and worker
+
+The display texts in the right-hand column are the Rust crate's (car-multi
+``error.rs``, spec table 2.5) and are part of the contract: tests and downstream
+consumers match on them.
+
+Errors raised in the middle of a coordination (for example :class:`AgentFailed`
+from a supervisor that failed in round 2) carry the work already done in
+``partial`` so nothing accepted is lost.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from carcore.errors import CarError, LogCorruptedError, MergeConflictError
+
+__all__ = [
+    "AdvisorExhausted",
+    "AgentFailed",
+    "BudgetError",
+    "BudgetExhausted",
+    "CarError",
+    "LogCorruptedError",
+    "MailboxFull",
+    "MailboxSend",
+    "MailboxTimeout",
+    "MaxRoundsExceeded",
+    "MergeConflictError",
+    "MultiError",
+    "NoOutput",
+    "PoolAtCapacity",
+    "ToolError",
+    "UnknownSpecialist",
+    "WireProtocolError",
+]
+
+
+class MultiError(CarError):
+    """Base class of every coordination error (the Rust ``MultiError`` enum).
+
+    Attributes:
+        partial: The partial result of the coordination that raised, when there
+            is one (e.g. a ``SupervisorResult`` holding the rounds completed
+            before the supervisor failed); ``None`` otherwise.
+    """
+
+    partial: Any = None
+
+    def with_partial(self, partial: Any) -> "MultiError":
+        """Attach the work done before the failure and return ``self``."""
+        self.partial = partial
+        return self
+
+
+class AgentFailed(MultiError):
+    """A load-bearing agent (supervisor, reducer, delegator main agent) failed.
+
+    Args:
+        name: The agent's name.
+        msg: Why it failed (the runner's exception text).
+    """
+
+    def __init__(self, name: str, msg: str) -> None:
+        self.name = name
+        self.msg = msg
+        super().__init__(f"agent '{name}' failed: {msg}")
+
+
+class MailboxSend(MultiError):
+    """A message could not be delivered: ``mailbox send error: {msg}``.
+
+    Raised for an unknown recipient (``no agent '{to}'``) or a closed inbox.
+    """
+
+    def __init__(self, msg: str) -> None:
+        self.msg = msg
+        super().__init__(f"mailbox send error: {msg}")
+
+
+class MailboxFull(MailboxSend):
+    """A bounded inbox stayed full for the whole send timeout (backpressure ran out).
+
+    Args:
+        to: The recipient.
+        capacity: The inbox capacity (messages).
+        timeout_s: How long the sender waited, in seconds.
+    """
+
+    def __init__(self, to: str, capacity: int, timeout_s: float) -> None:
+        self.to = to
+        self.capacity = capacity
+        self.timeout_s = timeout_s
+        super().__init__(
+            f"inbox of '{to}' is full ({capacity} messages) and stayed full for {timeout_s}s; "
+            "the message was not delivered. Have the recipient drain its inbox, raise "
+            "buffer_size, or send with a longer timeout_s"
+        )
+
+
+class MailboxTimeout(MultiError):
+    """``inbox.recv(timeout_s=...)`` saw no message in time."""
+
+    def __init__(self, agent: str) -> None:
+        self.agent = agent
+        super().__init__(f"mailbox recv timeout for agent '{agent}'")
+
+
+class UnknownSpecialist(MultiError):
+    """A specialist name that the delegator does not know."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"unknown specialist: '{name}'")
+
+
+class NoOutput(MultiError):
+    """No agent produced output."""
+
+    def __init__(self) -> None:
+        super().__init__("no agents produced output")
+
+
+class MaxRoundsExceeded(MultiError):
+    """An iterative pattern ran out of rounds."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        super().__init__(f"max rounds exceeded: {n}")
+
+
+class BudgetExhausted(MultiError):
+    """A load-bearing agent was denied by the coordination budget."""
+
+    def __init__(self, msg: str) -> None:
+        self.msg = msg
+        super().__init__(f"coordination budget exhausted: {msg}")
+
+
+class AdvisorExhausted(MultiError):
+    """An advisor has been consulted ``max_uses`` times already."""
+
+    def __init__(self, used: int, max_uses: int) -> None:
+        self.used = used
+        self.max_uses = max_uses
+        super().__init__(f"advisor exhausted: used {used} of {max_uses} allowed consultations")
+
+
+class BudgetError(MultiError):
+    """Why the coordination budget refused to start an agent.
+
+    Two kinds, told apart by ``kind``:
+
+    * ``"exhausted"``: a token or cost limit was already crossed; text
+      ``budget exhausted: {reason}``.
+    * ``"agent_limit"``: starting another agent would exceed ``max_agents``;
+      text ``agent limit reached: {started}/{max}``.
+
+    Attributes:
+        kind: ``"exhausted"`` or ``"agent_limit"``.
+        reason: The crossed limit (``exhausted`` only), e.g.
+            ``total tokens 200 >= limit 150``.
+        started: Agents started when refused (``agent_limit`` only).
+        max_agents: The cap (``agent_limit`` only).
+        snapshot: The ``BudgetSnapshot`` at refusal time.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        *,
+        reason: str = "",
+        started: int = 0,
+        max_agents: int = 0,
+        snapshot: Any = None,
+    ) -> None:
+        self.kind = kind
+        self.reason = reason
+        self.started = started
+        self.max_agents = max_agents
+        self.snapshot = snapshot
+        if kind == "exhausted":
+            text = f"budget exhausted: {reason}"
+        elif kind == "agent_limit":
+            text = f"agent limit reached: {started}/{max_agents}"
+        else:  # pragma: no cover - programming error
+            raise ValueError(f"BudgetError kind must be 'exhausted' or 'agent_limit', got {kind!r}")
+        super().__init__(text)
+
+
+class PoolAtCapacity(MultiError):
+    """``AgentPool.try_spawn`` found every slot taken."""
+
+    def __init__(self, running: int, max_concurrent: int) -> None:
+        self.running = running
+        self.max_concurrent = max_concurrent
+        super().__init__(f"agent pool at capacity ({running}/{max_concurrent})")
+
+
+class ToolError(MultiError):
+    """Raised by a :class:`~carmulti.ToolExecutor` to fail a tool call.
+
+    The message becomes ``ActionResult.error`` verbatim.
+    """
+
+
+class WireProtocolError(MultiError):
+    """A frame between coordinator and worker broke the wire protocol.
+
+    Args:
+        path: Where in the frame, as a JSON path (``$.jobs[3].spec.name``).
+        msg: What was wrong, e.g. ``expected str, got int``.
+    """
+
+    def __init__(self, path: str, msg: str) -> None:
+        self.path = path
+        self.msg = msg
+        super().__init__(f"wire protocol error at `{path}`: {msg}")

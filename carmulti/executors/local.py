@@ -1,0 +1,115 @@
+"""In-process executor: each agent is a coroutine on the coordinator's event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any, Sequence
+
+from ..isolation import AgentContext, TaskScope
+from ..mailbox import Mailbox
+from .base import AgentJob, AgentRun, coerce_output, exception_text, gather_runs
+
+if TYPE_CHECKING:
+    from ..infra import SharedInfra
+    from ..runner import AgentRunner
+
+__all__ = ["LocalExecutor"]
+
+log = logging.getLogger("carmulti.executors.local")
+
+
+class LocalExecutor:
+    """Runs agents as asyncio coroutines in the current process (the default executor).
+
+    Args:
+        cancel_grace_s: After an agent's timeout, how long to wait for the
+            cancelled runner to finish, in seconds. A runner that ignores
+            cancellation longer than this is abandoned (it keeps running on the
+            loop; the process executor kills such a runner with its worker).
+    """
+
+    def __init__(self, *, cancel_grace_s: float = 1.0) -> None:
+        self.cancel_grace_s = cancel_grace_s
+        self._abandoned: set[asyncio.Task[Any]] = set()
+
+    async def start(self) -> None:
+        """Nothing to start; present for the executor protocol."""
+
+    async def aclose(self) -> None:
+        """Cancel runners abandoned after a timeout, if any are still running."""
+        tasks, self._abandoned = self._abandoned, set()
+        for t in tasks:
+            t.cancel()
+
+    async def __aenter__(self) -> "LocalExecutor":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def run_batch(self, runner: "AgentRunner", jobs: Sequence[AgentJob], infra: "SharedInfra") -> list[AgentRun]:
+        """Run ``jobs`` concurrently; results in job order."""
+        return await gather_runs(self, runner, jobs, infra)
+
+    async def run_agent(self, runner: "AgentRunner", job: AgentJob, infra: "SharedInfra") -> AgentRun:
+        """Run one agent here; never raises for agent failures (see ``executors.base``)."""
+        spec = job.spec
+        ctx: AgentContext | None = None
+        if job.isolated:
+            rt, ctx = infra.make_isolated_runtime(spec.name)
+        else:
+            rt = infra.make_runtime(agent=spec.name)
+        if job.tools:
+            for t, schema in job.tools.items():
+                rt.register_tool(t, schema)
+        if job.register_spec_tools:
+            for t in spec.tools:
+                rt.register_tool(t)
+        if job.tool_executor is not None:
+            rt.set_executor(job.tool_executor)
+        mailbox = job.mailbox if job.mailbox is not None else Mailbox()
+        timeout = infra.agent_timeout_s
+        t0 = time.perf_counter()
+        try:
+            coro = runner.run(spec, job.task, rt, mailbox)
+            if ctx is not None:
+                coro = TaskScope.run(ctx, coro)
+            if timeout is None:
+                result = await coro
+            else:
+                result = await self._with_timeout(coro, timeout, spec.name)
+        except asyncio.CancelledError:
+            raise
+        except _Timeout:
+            return AgentRun(None, f"timeout after {timeout}s", (time.perf_counter() - t0) * 1000.0, ctx)
+        except Exception as exc:  # noqa: BLE001 - agent failures are values
+            return AgentRun(None, exception_text(exc), (time.perf_counter() - t0) * 1000.0, ctx)
+        except BaseException as exc:  # noqa: BLE001 - e.g. SystemExit inside a runner: a crashed agent
+            if isinstance(exc, (KeyboardInterrupt, GeneratorExit)):
+                raise
+            return AgentRun(None, f"join error: {type(exc).__name__}: {exc}", (time.perf_counter() - t0) * 1000.0, ctx)
+        dur = (time.perf_counter() - t0) * 1000.0
+        output, err = coerce_output(result, spec, dur)
+        return AgentRun(output, err, dur, ctx)
+
+    async def _with_timeout(self, coro: Any, timeout: float, name: str) -> Any:
+        task = asyncio.ensure_future(coro)
+        done, _ = await asyncio.wait((task,), timeout=timeout)
+        if done:
+            return task.result()
+        task.cancel()
+        done, _ = await asyncio.wait((task,), timeout=self.cancel_grace_s)
+        if not done:
+            log.warning("agent %r ignored cancellation for %.1fs after its %ss timeout; abandoned", name,
+                        self.cancel_grace_s, timeout)
+            self._abandoned.add(task)
+            task.add_done_callback(self._abandoned.discard)
+        elif not task.cancelled():
+            task.exception()  # mark retrieved: the agent timed out whatever it did after
+        raise _Timeout()
+
+
+class _Timeout(Exception):
+    pass

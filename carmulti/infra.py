@@ -1,0 +1,146 @@
+"""Shared infrastructure of one coordination group (car-multi ``shared``).
+
+All agents run against one :class:`SharedInfra` see the same state store, write
+to the same event log, are checked by the same policies and charge the same
+budget; each agent gets its own :class:`~carmulti.Runtime` (own tools, executor
+and idempotency cache). ``executor`` chooses where agents run.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+from carcore import EventLog, StateStore
+
+from .budget import BudgetLimits, CoordinationBudget
+from .isolation import AgentContext
+from .policy import PolicyEngine
+from .runtime import Runtime
+from .types import AgentOutput
+
+if TYPE_CHECKING:
+    from .executors.base import Executor
+
+__all__ = ["SharedInfra"]
+
+
+class SharedInfra:
+    """State, log, policies, budget and executor shared by a coordination.
+
+    Args:
+        budget: Limits for the coordination budget (default unbounded).
+        executor: Where agents run: ``None`` = in-process (``LocalExecutor``);
+            ``ProcessExecutor(workers=N)`` = N worker processes.
+        agent_timeout_s: Bound on every agent run, in seconds. On expiry the
+            runner is cancelled and the agent's output gets
+            ``error == f"timeout after {agent_timeout_s}s"``.
+        state: Use this store instead of a fresh ``carcore.StateStore``.
+        log: Use this event log instead of a fresh in-memory ``carcore.EventLog``
+            (pass ``EventLog(path)`` for a durable journal).
+        policies: Use this policy engine instead of a fresh one.
+
+    Raises:
+        ValueError: ``agent_timeout_s`` is not a positive number.
+        TypeError: ``budget`` is not a ``BudgetLimits``.
+
+    Usage::
+
+        infra = SharedInfra()                                            # in-process
+        infra = SharedInfra(budget=BudgetLimits(max_agents=100))         # capped
+        async with SharedInfra(executor=ProcessExecutor(workers=2)) as infra: ...
+    """
+
+    def __init__(self, *, budget: BudgetLimits | None = None, executor: "Executor | None" = None,
+                 agent_timeout_s: float | None = None, state: StateStore | None = None,
+                 log: EventLog | None = None, policies: PolicyEngine | None = None) -> None:
+        if agent_timeout_s is not None:
+            if (not isinstance(agent_timeout_s, (int, float)) or isinstance(agent_timeout_s, bool)
+                    or math.isnan(agent_timeout_s) or agent_timeout_s <= 0):
+                raise ValueError(f"agent_timeout_s must be a number of seconds > 0 or None, got {agent_timeout_s!r}")
+        if budget is not None and not isinstance(budget, BudgetLimits):
+            raise TypeError(f"SharedInfra(budget=...) takes a BudgetLimits, got {type(budget).__name__}")
+        self.state: StateStore = state if state is not None else StateStore()
+        self.log: EventLog = log if log is not None else EventLog()
+        self.policies: PolicyEngine = policies if policies is not None else PolicyEngine()
+        self.budget: CoordinationBudget = CoordinationBudget(budget)
+        if executor is None:
+            from .executors.local import LocalExecutor
+
+            executor = LocalExecutor()
+        self.executor = executor
+        self.agent_timeout_s = agent_timeout_s
+        self._closed = False
+
+    # -- builders --------------------------------------------------------------
+    def with_budget(self, limits: BudgetLimits) -> "SharedInfra":
+        """Replace the budget with a fresh one for ``limits``; returns ``self``."""
+        old = self.budget
+        self.budget = CoordinationBudget(limits)
+        old.close()
+        return self
+
+    def with_shared_budget(self, budget: CoordinationBudget) -> "SharedInfra":
+        """Use a pre-built (possibly shared between infras) budget; returns ``self``."""
+        self.budget = budget
+        return self
+
+    # -- runtimes --------------------------------------------------------------
+    def make_runtime(self, agent: str | None = None) -> Runtime:
+        """A runtime over the shared state, log and policies (own tools, executor, cache).
+
+        Args:
+            agent: Name stamped on the runtime's events.
+        """
+        return Runtime(self.state, self.log, self.policies, agent=agent, budget=self.budget)
+
+    def make_isolated_runtime(self, agent_name: str) -> tuple[Runtime, AgentContext]:
+        """A runtime whose state view is a copy-on-write overlay for ``agent_name``.
+
+        Returns:
+            ``(runtime, context)``; merge with ``context.merge_to_parent()`` on success.
+        """
+        ctx = AgentContext(agent_name, self.state)
+        return Runtime(ctx.local_state, self.log, self.policies, agent=agent_name, budget=self.budget), ctx
+
+    # -- budget ----------------------------------------------------------------
+    def begin_agent(self) -> None:
+        """Reserve one budget slot right before a spawn.
+
+        Raises:
+            BudgetError: a spend limit is crossed or ``max_agents`` is reached.
+        """
+        self.budget.begin_agent()
+
+    def record_output(self, output: AgentOutput) -> None:
+        """Add ``output.tokens`` (if any) to the budget."""
+        self.budget.record(output.tokens)
+
+    # -- lifecycle -------------------------------------------------------------
+    async def start(self) -> "SharedInfra":
+        """Start the executor (workers); optional, executors also start lazily."""
+        await self.executor.start()
+        return self
+
+    async def aclose(self) -> None:
+        """Stop the executor and release the budget's shared memory. Idempotent.
+
+        The state store and event log stay readable afterwards.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await self.executor.aclose()
+        finally:
+            self.budget.close()
+
+    async def __aenter__(self) -> "SharedInfra":
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        return (f"<SharedInfra executor={type(self.executor).__name__} state_keys={len(self.state)} "
+                f"events={len(self.log)} budget={self.budget.limits}>")

@@ -1,0 +1,232 @@
+"""Swarm: N agents on the same problem, in parallel, in sequence, or as a debate.
+
+Port of car-multi 0.26 ``patterns/swarm.rs``: same strings, truncation,
+ordering, state keys and budget gating (see ``carmulti._strings``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import enum
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Sequence
+
+from .. import _strings as S
+from ..executors.base import AgentJob, AgentRun
+from ..mailbox import Mailbox
+from ..types import AgentOutput, AgentSpec, truncate
+from ..workspace import AgentWorkspace, WorkspaceConfig, WorkspaceError
+from ._common import gate, run_finalizer, settle, workspace_failed_output
+
+if TYPE_CHECKING:
+    from ..infra import SharedInfra
+    from ..runner import AgentRunner
+
+__all__ = ["Swarm", "SwarmMode", "SwarmResult"]
+
+
+class SwarmMode(str, enum.Enum):
+    """How a swarm's agents run."""
+
+    PARALLEL = "parallel"
+    SEQUENTIAL = "sequential"
+    DEBATE = "debate"
+
+
+@dataclass
+class SwarmResult:
+    """Result of :meth:`Swarm.run`.
+
+    Attributes:
+        task: The task.
+        outputs: One output per agent run, in agent order (debate: round 1 then round 2).
+        final_summary: The synthesis (see :meth:`Swarm.synthesize`).
+    """
+
+    task: str
+    outputs: list[AgentOutput]
+    final_summary: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"task": self.task, "outputs": [o.to_dict() for o in self.outputs], "final_summary": self.final_summary}
+
+
+def _check_specs(agents: Sequence[AgentSpec], what: str) -> list[AgentSpec]:
+    out = list(agents)
+    for i, a in enumerate(out):
+        if not isinstance(a, AgentSpec):
+            raise TypeError(f"{what}[{i}] must be an AgentSpec, got {type(a).__name__}")
+    return out
+
+
+class Swarm:
+    """N agents working on the same task.
+
+    * ``PARALLEL``: all agents run concurrently on the unmodified task; each is
+      gated by the budget before launch (skips become budget-skipped outputs).
+    * ``SEQUENTIAL``: one after another; agent k gets
+      ``"{task}\\n\\nPrior agents' findings:\\n- {name}: {answer≤300 bytes}..."``
+      built from the succeeded prior outputs. Failures do not stop the chain.
+    * ``DEBATE``: a parallel round, then a parallel critique round of agents
+      named ``{name}_critique`` that see the others' answers.
+
+    Successful agents write ``agent.{name}.answer`` (writer ``swarm.{name}``).
+
+    Args:
+        agents: The agents (order is output order).
+        mode: :class:`SwarmMode`.
+
+    Raises:
+        TypeError: an element of ``agents`` is not an ``AgentSpec``.
+    """
+
+    def __init__(self, agents: Sequence[AgentSpec], mode: SwarmMode | str = SwarmMode.PARALLEL) -> None:
+        self.agents = _check_specs(agents, "Swarm agents")
+        self.mode = SwarmMode(mode)
+        self.synthesizer: AgentSpec | None = None
+        self.isolated = False
+        self.workspaces: WorkspaceConfig | None = None
+
+    def with_synthesizer(self, spec: AgentSpec) -> "Swarm":
+        """Return a copy that synthesizes several answers with ``spec`` (an optional finalizer)."""
+        s = copy.copy(self)
+        s.synthesizer = spec
+        return s
+
+    def with_isolation(self) -> "Swarm":
+        """Return a copy whose parallel agents write to per-agent overlays, merged on success."""
+        s = copy.copy(self)
+        s.isolated = True
+        return s
+
+    def with_workspaces(self, config: WorkspaceConfig) -> "Swarm":
+        """Return a copy that gives each parallel agent its own workspace directory."""
+        s = copy.copy(self)
+        s.workspaces = config
+        return s
+
+    async def run(self, task: str, runner: "AgentRunner", infra: "SharedInfra") -> SwarmResult:
+        """Run the swarm. Agent failures are outputs, never exceptions."""
+        if self.mode is SwarmMode.PARALLEL:
+            return await self._run_parallel(task, runner, infra)
+        if self.mode is SwarmMode.SEQUENTIAL:
+            return await self._run_sequential(task, runner, infra)
+        return await self._run_debate(task, runner, infra)
+
+    # -- parallel ----------------------------------------------------------------
+    async def _run_parallel(self, task: str, runner: "AgentRunner", infra: "SharedInfra") -> SwarmResult:
+        mailbox = Mailbox()
+        slots: list[AgentOutput | int] = []
+        jobs: list[AgentJob] = []
+        spaces: list[AgentWorkspace | None] = []
+        for spec in self.agents:
+            ws: AgentWorkspace | None = None
+            if self.workspaces is not None:
+                # Before the budget reservation, so a provisioning failure burns no slot.
+                try:
+                    ws = AgentWorkspace.provision(self.workspaces, spec.name)
+                except WorkspaceError as err:
+                    slots.append(workspace_failed_output(spec.name, err))
+                    continue
+            skipped = gate(infra, spec.name)
+            if skipped is not None:
+                if ws is not None:
+                    ws.close()
+                slots.append(skipped)
+                continue
+            slots.append(len(jobs))
+            jobs.append(AgentJob(ws.inject(spec) if ws is not None else spec, task, isolated=self.isolated, mailbox=mailbox))
+            spaces.append(ws)
+
+        if self.workspaces is None:
+            runs = await infra.executor.run_batch(runner, jobs, infra)
+        else:
+            runs = list(await asyncio.gather(*[_run_in_workspace(runner, j, ws, infra) for j, ws in zip(jobs, spaces)]))
+
+        outputs: list[AgentOutput] = []
+        for spec, slot in zip(self.agents, slots):
+            if isinstance(slot, AgentOutput):
+                outputs.append(slot)
+            else:
+                outputs.append(settle(infra, runs[slot], spec.name))
+        summary = await self.synthesize(task, outputs, runner, infra)
+        return SwarmResult(task, outputs, summary)
+
+    # -- sequential --------------------------------------------------------------
+    async def _run_sequential(self, task: str, runner: "AgentRunner", infra: "SharedInfra") -> SwarmResult:
+        mailbox = Mailbox()
+        outputs: list[AgentOutput] = []
+        for spec in self.agents:
+            skipped = gate(infra, spec.name)
+            if skipped is not None:
+                outputs.append(skipped)
+                continue
+            if not outputs:
+                enriched = task
+            else:
+                lines = "\n".join(S.FINDING_LINE.format(name=o.name, answer=truncate(o.answer, S.SEQUENTIAL_TRUNCATE))
+                                  for o in outputs if o.succeeded)
+                enriched = S.PRIOR_FINDINGS.format(task=task, lines=lines)
+            t0 = time.perf_counter()
+            run = await infra.executor.run_agent(runner, AgentJob(spec, enriched, mailbox=mailbox), infra)
+            if run.error is not None and run.duration_ms <= 0.0:
+                run.duration_ms = (time.perf_counter() - t0) * 1000.0
+            outputs.append(settle(infra, run, spec.name, keep_duration=True))
+        summary = await self.synthesize(task, outputs, runner, infra)
+        return SwarmResult(task, outputs, summary)
+
+    # -- debate --------------------------------------------------------------------
+    async def _run_debate(self, task: str, runner: "AgentRunner", infra: "SharedInfra") -> SwarmResult:
+        round1 = await Swarm(self.agents, SwarmMode.PARALLEL).run(task, runner, infra)
+        critiques: list[AgentSpec] = []
+        for spec in self.agents:
+            others = "\n".join(S.FINDING_LINE.format(name=o.name, answer=truncate(o.answer, S.DEBATE_TRUNCATE))
+                               for o in round1.outputs if o.succeeded and o.name != spec.name)
+            critiques.append(
+                AgentSpec(
+                    name=S.CRITIQUE_NAME.format(name=spec.name),
+                    system_prompt=S.CRITIQUE_PROMPT.format(system_prompt=spec.system_prompt, task=task, others=others),
+                    tools=list(spec.tools),
+                    max_turns=spec.max_turns,
+                    metadata=dict(spec.metadata),
+                    cache_control=spec.cache_control,
+                )
+            )
+        round2 = await Swarm(critiques, SwarmMode.PARALLEL).run(task, runner, infra)
+        outputs = round1.outputs + round2.outputs
+        summary = await self.synthesize(task, outputs, runner, infra)
+        return SwarmResult(task, outputs, summary)
+
+    # -- synthesis -----------------------------------------------------------------
+    async def synthesize(self, task: str, outputs: Sequence[AgentOutput], runner: "AgentRunner",
+                         infra: "SharedInfra") -> str:
+        """Combine the succeeded answers into one text.
+
+        None: ``[no agent produced an answer]``. One: that answer verbatim.
+        Several with a synthesizer: the synthesizer's answer (budget-gated; on
+        denial or failure, fall through). Otherwise ``## {name}\\n{answer}``
+        sections joined by blank lines.
+        """
+        answers = [o for o in outputs if o.succeeded]
+        if not answers:
+            return S.NO_ANSWER
+        if len(answers) == 1:
+            return answers[0].answer
+        if self.synthesizer is not None:
+            lines = "\n".join(S.FINDING_LINE.format(name=o.name, answer=truncate(o.answer, S.SYNTH_TRUNCATE)) for o in answers)
+            out = await run_finalizer(infra, runner, self.synthesizer, S.SYNTH_TASK.format(task=task, lines=lines))
+            if out is not None:
+                return out.answer
+        return "\n\n".join(S.SECTION.format(name=o.name, answer=o.answer) for o in answers)
+
+
+async def _run_in_workspace(runner: "AgentRunner", job: AgentJob, ws: AgentWorkspace | None,
+                            infra: "SharedInfra") -> AgentRun:
+    try:
+        return await infra.executor.run_agent(runner, job, infra)
+    finally:
+        if ws is not None:
+            ws.close()
+

@@ -1,0 +1,538 @@
+"""The agent-side engine: tools, action proposals, policies, retries and state actions.
+
+A runner turns model output into an :class:`ActionProposal` and hands it to
+:meth:`Runtime.execute`. The runtime validates each action (tool registered,
+parameters against the tool's schema, preconditions, policies), executes it
+(tool executor with timeout, retries and an idempotency cache; or a state
+read/write on the agent's state view), and records every step in the event
+log. This ports car-engine's ``Runtime`` as car-multi uses it.
+
+Execution order: actions run one after another, in list order (deterministic).
+On a failed action with ``FailureBehavior.ABORT`` the remaining actions are
+skipped and this proposal's state writes are undone (only its own writes: other
+agents' concurrent writes to a shared store are left alone).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import hashlib
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Mapping, Protocol, runtime_checkable
+
+import orjson
+
+from .errors import ToolError
+from .policy import PolicyEngine
+
+__all__ = [
+    "Action",
+    "ActionProposal",
+    "ActionResult",
+    "ActionStatus",
+    "ActionType",
+    "FailureBehavior",
+    "Precondition",
+    "ProposalResult",
+    "Runtime",
+    "ToolExecutor",
+]
+
+#: First retry waits this long (car-engine: base delay 100 ms) ...
+RETRY_BASE_DELAY_S = 0.1
+#: ... and each further retry waits this factor longer (car-engine: 2).
+RETRY_BACKOFF = 2.0
+#: Retries used by ``FailureBehavior.RETRY`` when the action says ``max_retries=0``.
+DEFAULT_RETRY_COUNT = 3
+
+
+class ActionType(str, enum.Enum):
+    """What an action does (car-ir ``ActionType``, snake_case values)."""
+
+    TOOL_CALL = "tool_call"
+    STATE_WRITE = "state_write"
+    STATE_READ = "state_read"
+    ASSERTION = "assertion"
+
+
+class FailureBehavior(str, enum.Enum):
+    """What a failed action does to the rest of its proposal.
+
+    * ``ABORT`` (default): skip the remaining actions and undo this proposal's writes.
+    * ``SKIP``: record the failure and go on.
+    * ``RETRY``: retry (``max_retries``, or 3 when that is 0), then go on like ``SKIP``.
+    """
+
+    ABORT = "abort"
+    RETRY = "retry"
+    SKIP = "skip"
+
+
+class ActionStatus(str, enum.Enum):
+    """Final status of one action (car-ir ``ActionStatus``)."""
+
+    PROPOSED = "proposed"
+    VALIDATED = "validated"
+    REJECTED = "rejected"
+    EXECUTING = "executing"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+_OPERATORS = ("eq", "neq", "exists", "not_exists", "gt", "lt", "gte", "lte", "contains")
+
+
+@dataclass(frozen=True)
+class Precondition:
+    """A condition on the agent's state that must hold before an action runs.
+
+    Attributes:
+        key: State key.
+        operator: One of ``eq, neq, exists, not_exists, gt, lt, gte, lte, contains``.
+        value: Right-hand side (ignored by ``exists``/``not_exists``).
+    """
+
+    key: str
+    operator: str = "exists"
+    value: Any = None
+
+    def __post_init__(self) -> None:
+        if self.operator not in _OPERATORS:
+            raise ValueError(f"Precondition({self.key!r}): operator must be one of {', '.join(_OPERATORS)}, got {self.operator!r}")
+
+    def holds(self, state: Any) -> bool:
+        """Evaluate against ``state`` (anything with ``exists``/``get``)."""
+        op = self.operator
+        if op == "exists":
+            return state.exists(self.key)
+        if op == "not_exists":
+            return not state.exists(self.key)
+        cur = state.get(self.key)
+        try:
+            if op == "eq":
+                return cur == self.value
+            if op == "neq":
+                return cur != self.value
+            if op == "gt":
+                return cur is not None and cur > self.value
+            if op == "lt":
+                return cur is not None and cur < self.value
+            if op == "gte":
+                return cur is not None and cur >= self.value
+            if op == "lte":
+                return cur is not None and cur <= self.value
+            return cur is not None and self.value in cur  # contains
+        except TypeError:
+            return False
+
+    def describe(self) -> str:
+        return f"{self.key} {self.operator} {self.value!r}" if self.operator not in ("exists", "not_exists") else f"{self.key} {self.operator}"
+
+
+@dataclass
+class Action:
+    """One step of a proposal (car-ir ``Action``).
+
+    Attributes:
+        id: Unique within its proposal.
+        action_type: See :class:`ActionType`.
+        tool: Tool name (``TOOL_CALL`` only).
+        parameters: Tool parameters; for ``STATE_WRITE`` ``{"key": str, "value": json}``,
+            for ``STATE_READ`` ``{"key": str}``, for ``ASSERTION``
+            ``{"key": str, "operator": str, "value": json}``.
+        preconditions: Checked against the agent's state before execution.
+        state_dependencies: State keys this action depends on (recorded in events).
+        idempotent: Cache the output by tool + parameters; a repeat is served
+            from the cache (``action_deduplicated`` event).
+        max_retries: Extra attempts after a failure (delays 0.1 s, 0.2 s, 0.4 s, ...).
+        failure_behavior: See :class:`FailureBehavior`.
+        timeout_ms: Per-attempt limit for tool calls, in milliseconds.
+        metadata: Opaque JSON.
+    """
+
+    id: str
+    action_type: ActionType = ActionType.TOOL_CALL
+    tool: str | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+    preconditions: list[Precondition] = field(default_factory=list)
+    state_dependencies: list[str] = field(default_factory=list)
+    idempotent: bool = False
+    max_retries: int = 0
+    failure_behavior: FailureBehavior = FailureBehavior.ABORT
+    timeout_ms: int | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.action_type = ActionType(self.action_type)
+        self.failure_behavior = FailureBehavior(self.failure_behavior)
+        if self.max_retries < 0:
+            raise ValueError(f"Action({self.id!r}).max_retries must be >= 0, got {self.max_retries}")
+        if self.timeout_ms is not None and self.timeout_ms <= 0:
+            raise ValueError(f"Action({self.id!r}).timeout_ms must be > 0 or None, got {self.timeout_ms}")
+
+    @classmethod
+    def tool_call(cls, id: str, tool: str, parameters: Mapping[str, Any] | None = None, **kw: Any) -> "Action":
+        """Shorthand for a ``TOOL_CALL`` action."""
+        return cls(id=id, action_type=ActionType.TOOL_CALL, tool=tool, parameters=dict(parameters or {}), **kw)
+
+    @classmethod
+    def state_write(cls, id: str, key: str, value: Any, **kw: Any) -> "Action":
+        """Shorthand for a ``STATE_WRITE`` action."""
+        return cls(id=id, action_type=ActionType.STATE_WRITE, parameters={"key": key, "value": value}, **kw)
+
+    @classmethod
+    def state_read(cls, id: str, key: str, **kw: Any) -> "Action":
+        """Shorthand for a ``STATE_READ`` action."""
+        return cls(id=id, action_type=ActionType.STATE_READ, parameters={"key": key}, **kw)
+
+
+@dataclass
+class ActionProposal:
+    """A batch of actions proposed by one agent turn (car-ir ``ActionProposal``)."""
+
+    id: str
+    source: str
+    actions: list[Action]
+    context: dict[str, Any] = field(default_factory=dict)
+    timestamp: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+
+
+@dataclass
+class ActionResult:
+    """Outcome of one action.
+
+    Attributes:
+        action_id: The action's id.
+        status: ``SUCCEEDED``, ``FAILED``, ``REJECTED`` or ``SKIPPED``.
+        output: Tool output / value read (JSON), ``None`` otherwise.
+        error: Why it did not succeed.
+        attempts: Executions tried (0 when rejected or skipped).
+        duration_ms: Wall time in milliseconds.
+    """
+
+    action_id: str
+    status: ActionStatus
+    output: Any = None
+    error: str | None = None
+    attempts: int = 0
+    duration_ms: float = 0.0
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status is ActionStatus.SUCCEEDED
+
+
+@dataclass
+class ProposalResult:
+    """Outcome of :meth:`Runtime.execute`: one :class:`ActionResult` per action, in order."""
+
+    proposal_id: str
+    results: list[ActionResult]
+
+    @property
+    def all_succeeded(self) -> bool:
+        """True when every action succeeded."""
+        return all(r.status is ActionStatus.SUCCEEDED for r in self.results)
+
+
+@runtime_checkable
+class ToolExecutor(Protocol):
+    """Executes tool calls for a runtime. Raise (e.g. :class:`ToolError`) to fail the call."""
+
+    async def execute(self, tool: str, params: dict[str, Any]) -> Any: ...
+
+
+_JSON_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,),
+    "integer": (int,),
+    "number": (int, float),
+    "boolean": (bool,),
+    "object": (dict,),
+    "array": (list, tuple),
+    "null": (type(None),),
+}
+
+
+def _validate(value: Any, schema: Mapping[str, Any], path: str) -> str | None:
+    """Check ``value`` against a JSON-Schema subset: type, required, properties, enum, items.
+
+    Returns the first problem as ``"{path}: {what}"`` or None.
+    """
+    typ = schema.get("type")
+    if typ is not None:
+        types = typ if isinstance(typ, list) else [typ]
+        ok = False
+        for t in types:
+            py = _JSON_TYPES.get(t)
+            if py is None:
+                continue
+            if isinstance(value, py) and not (t in ("integer", "number") and isinstance(value, bool)):
+                ok = True
+                break
+        if not ok:
+            return f"{path}: expected {' or '.join(types)}, got {type(value).__name__}"
+    if "enum" in schema and value not in schema["enum"]:
+        return f"{path}: {value!r} is not one of {schema['enum']!r}"
+    if isinstance(value, dict):
+        for req in schema.get("required", ()):
+            if req not in value:
+                return f"{path}: missing required property {req!r}"
+        for k, sub in (schema.get("properties") or {}).items():
+            if k in value:
+                err = _validate(value[k], sub, f"{path}.{k}")
+                if err:
+                    return err
+    if isinstance(value, (list, tuple)) and isinstance(schema.get("items"), Mapping):
+        for i, item in enumerate(value):
+            err = _validate(item, schema["items"], f"{path}[{i}]")
+            if err:
+                return err
+    return None
+
+
+def _idempotency_key(action: Action) -> str:
+    blob = orjson.dumps({"tool": action.tool, "params": action.parameters}, option=orjson.OPT_SORT_KEYS)
+    return hashlib.blake2b(blob, digest_size=16).hexdigest()
+
+
+class Runtime:
+    """Executes an agent's action proposals against shared infrastructure.
+
+    Each agent gets its own runtime (own tool set, executor and idempotency
+    cache) over the coordination's shared state view, event log and policies.
+    Create one with :meth:`SharedInfra.make_runtime` or
+    :meth:`SharedInfra.make_isolated_runtime` rather than directly.
+
+    Args:
+        state: The agent's state view: a ``carcore.StateStore`` (shared) or a
+            ``carcore.Overlay`` (isolated). Anything with ``get/set/delete/exists``.
+        log: Event sink with ``append(kind, data, *, agent, action_id, proposal_id)``
+            (a ``carcore.EventLog``), or ``None`` to record nothing.
+        policies: Checked before every action.
+        agent: The agent's name, stamped on events.
+        budget: The coordination budget, exposed to runners as ``runtime.budget``
+            so they can stop starting model calls once it is exhausted.
+
+    Attributes:
+        tool_calls: Tool-call actions executed (attempted) so far.
+        tools_used: Tools executed, in first-use order.
+    """
+
+    __slots__ = ("state", "log", "policies", "agent", "budget", "_tools", "_executor", "_cache",
+                 "tool_calls", "tools_used", "retry_base_delay_s")
+
+    def __init__(self, state: Any, log: Any = None, policies: PolicyEngine | None = None, *,
+                 agent: str | None = None, budget: Any = None) -> None:
+        self.state = state
+        self.log = log
+        self.policies = policies if policies is not None else PolicyEngine()
+        self.agent = agent
+        self.budget = budget
+        self._tools: dict[str, dict[str, Any] | None] = {}
+        self._executor: ToolExecutor | None = None
+        self._cache: dict[str, Any] = {}
+        self.tool_calls = 0
+        self.tools_used: list[str] = []
+        self.retry_base_delay_s = RETRY_BASE_DELAY_S
+
+    # -- tools -----------------------------------------------------------------
+    def register_tool(self, name: str, schema: Mapping[str, Any] | None = None) -> None:
+        """Admit tool calls for ``name``; with a JSON schema, their parameters are validated.
+
+        Args:
+            name: Tool name.
+            schema: JSON Schema of the parameters object (subset checked: ``type``,
+                ``required``, ``properties``, ``enum``, ``items``), also offered to
+                models by LLM runners. ``None`` = open schema.
+
+        Raises:
+            TypeError: ``name`` is not a non-empty str or ``schema`` not a mapping.
+        """
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"tool name must be a non-empty str, got {name!r}")
+        if schema is not None and not isinstance(schema, Mapping):
+            raise TypeError(f"schema of tool {name!r} must be a mapping (JSON Schema) or None, got {type(schema).__name__}")
+        if schema is None and name in self._tools:
+            return  # re-registering without a schema keeps a schema given earlier
+        self._tools[name] = dict(schema) if schema is not None else None
+
+    def has_tool(self, name: str) -> bool:
+        return name in self._tools
+
+    @property
+    def tools(self) -> dict[str, dict[str, Any] | None]:
+        """Registered tools: name → parameter schema (``None`` = open)."""
+        return dict(self._tools)
+
+    def set_executor(self, executor: ToolExecutor) -> None:
+        """Install the executor that runs this runtime's tool calls.
+
+        Raises:
+            TypeError: ``executor`` has no async ``execute(tool, params)`` method.
+        """
+        if not callable(getattr(executor, "execute", None)):
+            raise TypeError(f"executor must have an async execute(tool, params) method, got {type(executor).__name__}")
+        self._executor = executor
+
+    @property
+    def executor(self) -> ToolExecutor | None:
+        return self._executor
+
+    # -- execution -------------------------------------------------------------
+    def _emit(self, kind: str, data: Any = None, *, action_id: str | None = None, proposal_id: str | None = None) -> None:
+        if self.log is not None:
+            self.log.append(kind, data, agent=self.agent, action_id=action_id, proposal_id=proposal_id)
+
+    def _reject_reason(self, action: Action) -> str | None:
+        t = action.action_type
+        params = action.parameters
+        if not isinstance(params, dict):
+            return f"action {action.id!r}: parameters must be a dict, got {type(params).__name__}"
+        if t is ActionType.TOOL_CALL:
+            if not action.tool:
+                return f"action {action.id!r}: tool_call without a tool name"
+            if action.tool not in self._tools:
+                known = ", ".join(sorted(self._tools)) or "none"
+                return (f"tool '{action.tool}' is not registered on this runtime (registered: {known}); "
+                        "list it in AgentSpec.tools or call runtime.register_tool()")
+            schema = self._tools[action.tool]
+            if schema is not None:
+                err = _validate(params, schema, "$")
+                if err:
+                    return f"tool '{action.tool}' parameters rejected: {err}"
+        elif t in (ActionType.STATE_WRITE, ActionType.STATE_READ, ActionType.ASSERTION):
+            if not isinstance(params.get("key"), str):
+                return f"action {action.id!r} ({t.value}) requires parameter 'key' (str)"
+            if t is ActionType.STATE_WRITE and "value" not in params:
+                return f"action {action.id!r} (state_write) requires parameter 'value'"
+            if t is ActionType.ASSERTION and params.get("operator", "eq") not in _OPERATORS:
+                return f"action {action.id!r} (assertion): operator must be one of {', '.join(_OPERATORS)}"
+        for pre in action.preconditions:
+            if not pre.holds(self.state):
+                return f"precondition failed: {pre.describe()}"
+        violations = self.policies.check(action, self.state) if len(self.policies) else ()
+        if violations:
+            for v in violations:
+                self._emit("policy_violation", v.to_dict(), action_id=action.id)
+            return "policy violation: " + "; ".join(f"{v.policy_name}: {v.reason}" for v in violations)
+        return None
+
+    async def _attempt(self, action: Action, undo: list[tuple[str, bool, Any]], proposal_id: str) -> Any:
+        t = action.action_type
+        params = action.parameters
+        if t is ActionType.TOOL_CALL:
+            if self._executor is None:
+                raise ToolError(f"no tool executor installed for tool '{action.tool}'; the runner must call runtime.set_executor()")
+            coro = self._executor.execute(action.tool, params)  # type: ignore[arg-type]
+            if action.timeout_ms is not None:
+                try:
+                    return await asyncio.wait_for(coro, action.timeout_ms / 1000.0)
+                except asyncio.TimeoutError:
+                    raise ToolError(f"tool '{action.tool}' timed out after {action.timeout_ms}ms") from None
+            return await coro
+        key = params["key"]
+        if t is ActionType.STATE_READ:
+            return self.state.get(key)
+        if t is ActionType.STATE_WRITE:
+            existed = self.state.exists(key)
+            old = self.state.get(key) if existed else None
+            self.state.set(key, params["value"], self.agent or action.id)
+            undo.append((key, existed, old))
+            self._emit("state_changed", {"key": key}, action_id=action.id, proposal_id=proposal_id)
+            return None
+        # assertion
+        pre = Precondition(key, params.get("operator", "eq"), params.get("value"))
+        if not pre.holds(self.state):
+            raise ToolError(f"assertion failed: {pre.describe()} (actual {self.state.get(key)!r})")
+        return True
+
+    async def execute(self, proposal: ActionProposal) -> ProposalResult:
+        """Validate and execute every action of ``proposal``, in order.
+
+        Never raises for a failing action: failures are in the result
+        (``ActionResult.error``). ``asyncio.CancelledError`` propagates.
+
+        Returns:
+            One :class:`ActionResult` per action, in proposal order.
+        """
+        pid = proposal.id
+        self._emit("proposal_received", {"source": proposal.source, "actions": len(proposal.actions)}, proposal_id=pid)
+        results: list[ActionResult] = []
+        undo: list[tuple[str, bool, Any]] = []
+        aborted_by: str | None = None
+        for action in proposal.actions:
+            if aborted_by is not None:
+                results.append(ActionResult(action.id, ActionStatus.SKIPPED,
+                                            error=f"skipped: action '{aborted_by}' failed and aborted the proposal"))
+                self._emit("action_skipped", None, action_id=action.id, proposal_id=pid)
+                continue
+            reason = self._reject_reason(action)
+            if reason is not None:
+                results.append(ActionResult(action.id, ActionStatus.REJECTED, error=reason))
+                self._emit("action_rejected", {"reason": reason}, action_id=action.id, proposal_id=pid)
+                if action.failure_behavior is FailureBehavior.ABORT:
+                    aborted_by = action.id
+                continue
+            res = await self._run_action(action, undo, pid)
+            results.append(res)
+            if res.status is not ActionStatus.SUCCEEDED and action.failure_behavior is FailureBehavior.ABORT:
+                aborted_by = action.id
+        if aborted_by is not None and undo:
+            self._rollback(undo, pid)
+        self._emit("proposal_completed", {"succeeded": sum(r.status is ActionStatus.SUCCEEDED for r in results),
+                                          "actions": len(results)}, proposal_id=pid)
+        return ProposalResult(pid, results)
+
+    def _rollback(self, undo: list[tuple[str, bool, Any]], pid: str) -> None:
+        for key, existed, old in reversed(undo):
+            if existed:
+                self.state.set(key, old, "rollback")
+            else:
+                self.state.delete(key, "rollback")
+        self._emit("state_rollback", {"keys": [k for k, _, _ in undo]}, proposal_id=pid)
+
+    async def _run_action(self, action: Action, undo: list[tuple[str, bool, Any]], pid: str) -> ActionResult:
+        is_tool = action.action_type is ActionType.TOOL_CALL
+        cache_key = None
+        if is_tool and action.idempotent:
+            cache_key = _idempotency_key(action)
+            if cache_key in self._cache:
+                self._emit("action_deduplicated", None, action_id=action.id, proposal_id=pid)
+                return ActionResult(action.id, ActionStatus.SUCCEEDED, output=self._cache[cache_key])
+        retries = action.max_retries
+        if action.failure_behavior is FailureBehavior.RETRY and retries == 0:
+            retries = DEFAULT_RETRY_COUNT
+        if is_tool:
+            self.tool_calls += 1
+            if action.tool not in self.tools_used:
+                self.tools_used.append(action.tool)  # type: ignore[arg-type]
+        t0 = time.perf_counter()
+        attempt = 0
+        delay = self.retry_base_delay_s
+        while True:
+            attempt += 1
+            self._emit("action_executing", {"attempt": attempt, "tool": action.tool}, action_id=action.id, proposal_id=pid)
+            try:
+                output = await self._attempt(action, undo, pid)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - tool failures are values
+                err = str(exc) if isinstance(exc, ToolError) else f"{type(exc).__name__}: {exc}"
+                if attempt <= retries:
+                    self._emit("action_retrying", {"attempt": attempt, "error": err, "delay_s": delay},
+                               action_id=action.id, proposal_id=pid)
+                    await asyncio.sleep(delay)
+                    delay *= RETRY_BACKOFF
+                    continue
+                self._emit("action_failed", {"error": err, "attempts": attempt}, action_id=action.id, proposal_id=pid)
+                return ActionResult(action.id, ActionStatus.FAILED, error=err, attempts=attempt,
+                                    duration_ms=(time.perf_counter() - t0) * 1000.0)
+            if cache_key is not None:
+                self._cache[cache_key] = output
+            self._emit("action_succeeded", {"attempts": attempt}, action_id=action.id, proposal_id=pid)
+            return ActionResult(action.id, ActionStatus.SUCCEEDED, output=output, attempts=attempt,
+                                duration_ms=(time.perf_counter() - t0) * 1000.0)

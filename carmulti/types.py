@@ -1,0 +1,257 @@
+"""Core value types: what an agent is (:class:`AgentSpec`), what it produced
+(:class:`AgentOutput`), what it spent (:class:`TokenAccounting`) and what agents
+say to each other (:class:`Message`).
+
+Field names match the Rust crate (car-multi ``types.rs``) so JSON produced here
+is interchangeable with the Rust bindings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Mapping
+
+import orjson
+
+__all__ = ["AgentOutput", "AgentSpec", "Message", "TokenAccounting", "truncate"]
+
+
+def truncate(s: str, max_bytes: int) -> str:
+    """Return the longest prefix of ``s`` whose UTF-8 encoding fits ``max_bytes``.
+
+    Byte-based, never splits a character (the Rust ``truncate`` helper of
+    ``patterns/swarm.rs``): ``truncate("héllo", 2) == "h"``.
+
+    Args:
+        s: The text.
+        max_bytes: Maximum UTF-8 length in bytes (>= 0).
+
+    Returns:
+        ``s`` itself when it fits, else the cut prefix.
+    """
+    if len(s) * 4 <= max_bytes:  # fast path: cannot exceed even at 4 bytes/char
+        return s
+    b = s.encode("utf-8")
+    if len(b) <= max_bytes:
+        return s
+    return b[:max_bytes].decode("utf-8", "ignore")
+
+
+@dataclass(frozen=True)
+class AgentSpec:
+    """Blueprint of one agent. Frozen: the ``with_*`` builders return copies.
+
+    Attributes:
+        name: Identity used for state keys (``agent.{name}.answer``), outputs and
+            mailbox routing.
+        system_prompt: The agent's system prompt.
+        tools: Tool names the agent may use; patterns register them on the
+            agent's :class:`~carmulti.Runtime` before the runner starts.
+        max_turns: Advisory turn limit for the runner (default 10, as Rust).
+        metadata: Opaque JSON for the runner (model, temperature, ...). The
+            workspace path is injected under ``"workspace"``.
+        cache_control: Mark the system prompt for provider prompt caching.
+    """
+
+    name: str
+    system_prompt: str = ""
+    tools: list[str] = field(default_factory=list)
+    max_turns: int = 10
+    metadata: dict[str, Any] = field(default_factory=dict)
+    cache_control: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"AgentSpec.name must be a non-empty str, got {self.name!r}")
+        if isinstance(self.tools, str) or not all(isinstance(t, str) for t in self.tools):
+            raise TypeError(f"AgentSpec({self.name!r}).tools must be a list of str, got {self.tools!r}")
+        if not isinstance(self.max_turns, int) or self.max_turns < 0:
+            raise ValueError(f"AgentSpec({self.name!r}).max_turns must be an int >= 0, got {self.max_turns!r}")
+
+    def with_tools(self, tools: list[str]) -> "AgentSpec":
+        """Return a copy with ``tools`` replaced."""
+        return dataclasses.replace(self, tools=list(tools))
+
+    def with_max_turns(self, n: int) -> "AgentSpec":
+        """Return a copy with ``max_turns`` replaced."""
+        return dataclasses.replace(self, max_turns=n)
+
+    def with_metadata(self, key: str, value: Any) -> "AgentSpec":
+        """Return a copy whose metadata has ``key`` set to ``value`` (inserted or overwritten)."""
+        md = dict(self.metadata)
+        md[key] = value
+        return dataclasses.replace(self, metadata=md)
+
+    def with_name(self, name: str) -> "AgentSpec":
+        """Return a copy renamed to ``name`` (used for mapper clones and critiques)."""
+        return dataclasses.replace(self, name=name)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form with the Rust field names."""
+        return {
+            "name": self.name,
+            "system_prompt": self.system_prompt,
+            "tools": list(self.tools),
+            "max_turns": self.max_turns,
+            "metadata": dict(self.metadata),
+            "cache_control": self.cache_control,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "AgentSpec":
+        """Inverse of :meth:`to_dict`; missing optional fields take their defaults."""
+        return cls(
+            name=d["name"],
+            system_prompt=d.get("system_prompt", ""),
+            tools=list(d.get("tools") or []),
+            max_turns=d.get("max_turns", 10),
+            metadata=dict(d.get("metadata") or {}),
+            cache_control=bool(d.get("cache_control", False)),
+        )
+
+
+@dataclass
+class TokenAccounting:
+    """Spend self-reported by a runner for one agent run (not verified).
+
+    Attributes:
+        input_tokens: Prompt tokens.
+        output_tokens: Completion tokens.
+        cost_usd: Cost in US dollars.
+    """
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+
+    @property
+    def total_tokens(self) -> int:
+        """``input_tokens + output_tokens`` (what ``max_total_tokens`` meters)."""
+        return self.input_tokens + self.output_tokens
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens, "cost_usd": self.cost_usd}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "TokenAccounting":
+        return cls(int(d.get("input_tokens", 0)), int(d.get("output_tokens", 0)), float(d.get("cost_usd", 0.0)))
+
+
+@dataclass(slots=True)
+class AgentOutput:
+    """Result of one agent run; failures are values (``error`` set), never lost.
+
+    Attributes:
+        name: Agent name (patterns key state writes on the name the runner returned).
+        answer: Final text; ``""`` on failure or skip.
+        turns: Model turns taken.
+        tool_calls: Tool calls made.
+        duration_ms: Wall time in milliseconds.
+        error: Why the agent failed; ``None`` on success.
+        outcome: Structured completion outcome (opaque JSON), if the runner gives one.
+        tokens: Self-reported spend, if any.
+        tools_used: Tools invoked, in first-use order.
+    """
+
+    name: str
+    answer: str = ""
+    turns: int = 0
+    tool_calls: int = 0
+    duration_ms: float = 0.0
+    error: str | None = None
+    outcome: Any = None
+    tokens: TokenAccounting | None = None
+    tools_used: list[str] = field(default_factory=list)
+
+    @property
+    def succeeded(self) -> bool:
+        """True iff ``error is None``."""
+        return self.error is None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form with the Rust field names (``orjson.dumps`` ready)."""
+        return {
+            "name": self.name,
+            "answer": self.answer,
+            "turns": self.turns,
+            "tool_calls": self.tool_calls,
+            "duration_ms": self.duration_ms,
+            "error": self.error,
+            "outcome": self.outcome,
+            "tokens": None if self.tokens is None else self.tokens.to_dict(),
+            "tools_used": list(self.tools_used),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "AgentOutput":
+        """Inverse of :meth:`to_dict`.
+
+        Raises:
+            KeyError: ``name`` is missing.
+        """
+        tokens = d.get("tokens")
+        return cls(
+            name=d["name"],
+            answer=d.get("answer", ""),
+            turns=int(d.get("turns", 0)),
+            tool_calls=int(d.get("tool_calls", 0)),
+            duration_ms=float(d.get("duration_ms", 0.0)),
+            error=d.get("error"),
+            outcome=d.get("outcome"),
+            tokens=None if tokens is None else TokenAccounting.from_dict(tokens),
+            tools_used=list(d.get("tools_used") or []),
+        )
+
+    def to_json(self) -> bytes:
+        """``orjson.dumps(self.to_dict())``."""
+        return orjson.dumps(self.to_dict())
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> "AgentOutput":
+        """Inverse of :meth:`to_json`."""
+        return cls.from_dict(orjson.loads(data))
+
+
+def _utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass
+class Message:
+    """A message between agents, routed by ``to``.
+
+    Attributes:
+        from_agent: Sender name.
+        to: Recipient name (``Mailbox.send`` routes on it).
+        content: JSON payload (usually text).
+        kind: Free-form message kind, ``"text"`` by default.
+        timestamp: When it was created (UTC).
+    """
+
+    from_agent: str
+    to: str
+    content: Any
+    kind: str = "text"
+    timestamp: datetime = field(default_factory=_utc_now)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "from_agent": self.from_agent,
+            "to": self.to,
+            "content": self.content,
+            "kind": self.kind,
+            "timestamp": self.timestamp.isoformat(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Message":
+        ts = d.get("timestamp")
+        return cls(
+            from_agent=d["from_agent"],
+            to=d["to"],
+            content=d.get("content"),
+            kind=d.get("kind", "text"),
+            timestamp=datetime.fromisoformat(ts) if isinstance(ts, str) else _utc_now(),
+        )

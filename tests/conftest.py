@@ -1,0 +1,95 @@
+"""Suite-wide fixtures: uvloop for every async test, and a leak check after every test.
+
+The leak check (reliability.md "fixture L") fails a test that leaves behind a
+child process (or zombie), a ``/dev/shm/carmulti-*`` segment, a non-daemon
+thread, or a pending asyncio task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+
+import psutil
+import pytest
+import pytest_asyncio
+import uvloop
+
+SHM_DIR = "/dev/shm"
+
+
+def _shm_entries() -> set[str]:
+    try:
+        return {n for n in os.listdir(SHM_DIR) if n.startswith("carmulti-")}
+    except FileNotFoundError:  # pragma: no cover - non-Linux
+        return set()
+
+
+def _children() -> set[int]:
+    try:
+        return {p.pid for p in psutil.Process().children(recursive=True)}
+    except psutil.Error:  # pragma: no cover
+        return set()
+
+
+def _threads() -> set[int]:
+    return {t.ident for t in threading.enumerate() if not t.daemon and t.ident is not None}
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item):
+    """Every async test runs on uvloop, the loop carmulti ships with."""
+    return {"uvloop": uvloop.new_event_loop}
+
+
+@pytest.fixture(autouse=True)
+def leak_check(request: pytest.FixtureRequest):
+    """Fail the test if it leaked a process, shared-memory segment or thread."""
+    shm0, kids0, threads0 = _shm_entries(), _children(), _threads()
+    yield
+    deadline = time.monotonic() + 5.0
+    while True:
+        new_kids = _children() - kids0
+        new_shm = _shm_entries() - shm0
+        new_threads = _threads() - threads0
+        if not (new_kids or new_shm or new_threads) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    problems = []
+    if new_kids:
+        descr = []
+        for pid in sorted(new_kids):
+            try:
+                p = psutil.Process(pid)
+                descr.append(f"{pid} ({p.status()}: {' '.join(p.cmdline()[:4])})")
+            except psutil.Error:
+                descr.append(str(pid))
+        problems.append(f"child processes left running: {', '.join(descr)}")
+    if new_shm:
+        problems.append(f"shared-memory segments left in {SHM_DIR}: {sorted(new_shm)}")
+        for n in new_shm:  # clean up so one leak does not fail every later test
+            try:
+                os.unlink(os.path.join(SHM_DIR, n))
+            except OSError:
+                pass
+    if new_threads:
+        problems.append(f"non-daemon threads left running: {sorted(new_threads)}")
+    if problems:
+        pytest.fail(f"{request.node.nodeid} leaked resources: " + "; ".join(problems), pytrace=False)
+
+
+@pytest_asyncio.fixture(autouse=True)
+async def task_leak_check():
+    """Fail an async test that leaves asyncio tasks pending on its loop."""
+    yield
+    current = asyncio.current_task()
+    for _ in range(20):  # let tasks that are finishing finish
+        pending = [t for t in asyncio.all_tasks() if t is not current and not t.done()]
+        if not pending:
+            return
+        await asyncio.sleep(0.01)
+    names = ", ".join(sorted(t.get_name() for t in pending))
+    for t in pending:
+        t.cancel()
+    pytest.fail(f"asyncio tasks left pending: {names}", pytrace=False)
