@@ -93,16 +93,22 @@ class AgentRun:
             self.context.discard()
 
 
-def coerce_output(result: Any, spec: AgentSpec, duration_ms: float) -> tuple[AgentOutput | None, str | None]:
+def coerce_output(result: Any, spec: AgentSpec, duration_ms: float, runtime: Any = None) -> tuple[AgentOutput | None, str | None]:
     """Turn a runner's return value into ``(output, error)``.
 
-    ``AgentOutput`` passes through; ``str`` is wrapped; anything else is an error
-    naming the type.
+    ``AgentOutput`` passes through; ``str`` is wrapped as
+    ``AgentOutput(name=spec.name, answer=s, turns=1, duration_ms=duration_ms)``,
+    with ``tool_calls``/``tools_used`` taken from ``runtime`` when given;
+    anything else is an error naming the type.
     """
     if isinstance(result, AgentOutput):
         return result, None
     if isinstance(result, str):
-        return AgentOutput(name=spec.name, answer=result, turns=1, duration_ms=duration_ms), None
+        out = AgentOutput(name=spec.name, answer=result, turns=1, duration_ms=duration_ms)
+        if runtime is not None:
+            out.tool_calls = runtime.tool_calls
+            out.tools_used = list(runtime.tools_used)
+        return out, None
     return None, (f"runner returned {type(result).__name__} for agent '{spec.name}'; "
                   "AgentRunner.run must return an AgentOutput or a str")
 

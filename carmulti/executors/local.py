@@ -91,7 +91,7 @@ class LocalExecutor:
                 raise
             return AgentRun(None, f"join error: {type(exc).__name__}: {exc}", (time.perf_counter() - t0) * 1000.0, ctx)
         dur = (time.perf_counter() - t0) * 1000.0
-        output, err = coerce_output(result, spec, dur)
+        output, err = coerce_output(result, spec, dur, rt)
         return AgentRun(output, err, dur, ctx)
 
     async def _with_timeout(self, coro: Any, timeout: float, name: str) -> Any:
