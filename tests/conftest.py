@@ -21,10 +21,21 @@ SHM_DIR = "/dev/shm"
 
 
 def _shm_entries() -> set[str]:
+    """Our ``carmulti-{pid}-{hex}`` segments: created by this process or one of its descendants.
+
+    Segments of unrelated processes (another test run, a benchmark) are ignored.
+    """
+    ours = {os.getpid()} | _children()
     try:
-        return {n for n in os.listdir(SHM_DIR) if n.startswith("carmulti-")}
+        names = os.listdir(SHM_DIR)
     except FileNotFoundError:  # pragma: no cover - non-Linux
         return set()
+    out = set()
+    for n in names:
+        parts = n.split("-")
+        if len(parts) >= 3 and parts[0] == "carmulti" and parts[1].isdigit() and int(parts[1]) in ours:
+            out.add(n)
+    return out
 
 
 def _children() -> set[int]:

@@ -2,18 +2,29 @@
 
 Mapper ``i`` is a clone of the mapper spec named ``{mapper.name}_{i}`` with the
 task ``"{task}\\n\\nItem:\\n{item}"``; at most ``max_concurrent`` mappers run at
-once (a fixed set of ``max_concurrent`` feeder coroutines pulls the items, so
-live agents are O(max_concurrent), not O(items)); each mapper is budget-gated
-right before it starts. The reducer gets ``"{task}\\n\\nMapper outputs:\\n"``
-followed by ``- {name}: {answer}`` lines of the succeeded mappers, in item order.
+once (a fixed set of ``max_concurrent`` feeder coroutines pulls the items
+lazily, so live agents are O(max_concurrent), not O(items)); each mapper is
+budget-gated right before it starts. The reducer gets
+``"{task}\\n\\nMapper outputs:\\n"`` followed by ``- {name}: {answer}`` lines of
+the succeeded mappers, in item order.
+
+Scale features:
+
+* ``reduce_fan_in=k``: tree reduction. While more than ``k`` answers remain,
+  they are cut into chunks of ``k`` (in order) and each chunk goes to an
+  intermediate reducer named ``{reducer.name}_l{level}_{j}`` with the same
+  reducer task format; no reducer ever sees more than ``k`` answers.
+* :meth:`MapReduce.stream` yields ``(index, output)`` of mappers as they finish,
+  pulling items from any (async) iterable, so a caller can consume millions of
+  items without holding them or their outputs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, AsyncIterable, AsyncIterator, Iterable, Sequence
 
 from .. import _strings as S
 from ..executors.base import AgentJob
@@ -34,12 +45,15 @@ class MapReduceResult:
     Attributes:
         task: The task.
         map_outputs: One output per item, in item order.
-        reduced_answer: The reducer's answer; ``""`` when there were no items.
+        reduced_answer: The final reducer's answer; ``""`` when there were no items.
+        reduce_outputs: Intermediate reducer outputs of a tree reduction, level by
+            level (empty without ``reduce_fan_in`` or when it was not needed).
     """
 
     task: str
     map_outputs: list[AgentOutput]
     reduced_answer: str
+    reduce_outputs: list[AgentOutput] = field(default_factory=list)
 
     @property
     def all_succeeded(self) -> bool:
@@ -47,34 +61,51 @@ class MapReduceResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {"task": self.task, "map_outputs": [o.to_dict() for o in self.map_outputs],
-                "reduced_answer": self.reduced_answer}
+                "reduced_answer": self.reduced_answer, "reduce_outputs": [o.to_dict() for o in self.reduce_outputs]}
+
+
+async def _aiter_items(items: Iterable[str] | AsyncIterable[str]) -> AsyncIterator[str]:
+    if hasattr(items, "__aiter__"):
+        async for x in items:  # type: ignore[union-attr]
+            yield x
+    else:
+        for x in items:  # type: ignore[union-attr]
+            yield x
 
 
 class MapReduce:
-    """One mapper per item, bounded concurrency, one reducer.
+    """One mapper per item, bounded concurrency, one reducer (or a tree of them).
 
     Args:
         mapper: Template of the mapper agents.
         reducer: The reducing agent (load-bearing).
-        max_concurrent: Mappers running at once (>= 1, default 5 as in Rust).
+        max_concurrent: Mappers (and intermediate reducers) running at once
+            (>= 1, default 5 as in Rust).
+        reduce_fan_in: Most answers any one reducer sees (>= 2), or ``None`` for
+            a single flat reduce.
 
     Raises:
-        ValueError: ``max_concurrent < 1``.
+        ValueError: ``max_concurrent < 1`` or ``reduce_fan_in < 2``.
+        TypeError: ``mapper``/``reducer`` is not an ``AgentSpec``.
     """
 
-    def __init__(self, mapper: AgentSpec, reducer: AgentSpec, max_concurrent: int = 5) -> None:
+    def __init__(self, mapper: AgentSpec, reducer: AgentSpec, max_concurrent: int = 5, *,
+                 reduce_fan_in: int | None = None) -> None:
         if not isinstance(max_concurrent, int) or isinstance(max_concurrent, bool) or max_concurrent < 1:
             raise ValueError(f"MapReduce max_concurrent must be an int >= 1, got {max_concurrent!r}")
+        if reduce_fan_in is not None and (not isinstance(reduce_fan_in, int) or reduce_fan_in < 2):
+            raise ValueError(f"MapReduce reduce_fan_in must be an int >= 2 or None, got {reduce_fan_in!r}")
         for what, spec in (("mapper", mapper), ("reducer", reducer)):
             if not isinstance(spec, AgentSpec):
                 raise TypeError(f"MapReduce {what} must be an AgentSpec, got {type(spec).__name__}")
         self.mapper = mapper
         self.reducer = reducer
         self.max_concurrent = max_concurrent
+        self.reduce_fan_in = reduce_fan_in
         self.isolated = False
 
     def with_max_concurrent(self, n: int) -> "MapReduce":
-        m = MapReduce(self.mapper, self.reducer, n)
+        m = MapReduce(self.mapper, self.reducer, n, reduce_fan_in=self.reduce_fan_in)
         m.isolated = self.isolated
         return m
 
@@ -84,13 +115,97 @@ class MapReduce:
         m.isolated = True
         return m
 
+    # -- map phase -------------------------------------------------------------------
+    async def stream(self, task: str, items: Iterable[str] | AsyncIterable[str], runner: "AgentRunner",
+                     infra: "SharedInfra") -> AsyncIterator[tuple[int, AgentOutput]]:
+        """Run the mappers and yield ``(item index, output)`` as each finishes (completion order).
+
+        Items are pulled lazily, at most ``max_concurrent`` mappers are live and
+        at most ``2 * max_concurrent`` finished outputs wait for the consumer
+        (backpressure). Leaving the loop early and closing the generator
+        (``async with contextlib.aclosing(mr.stream(...)) as s: async for ...``)
+        cancels the mappers in flight. No reducer runs.
+
+        Raises:
+            TypeError: an item is not a ``str`` (names its index); mappers
+                already started finish, no new one starts.
+        """
+        width = self.max_concurrent
+        # Unbounded queue + a semaphore for backpressure, so the end-of-stream
+        # sentinel can always be posted, even by a cancelled driver.
+        queue: asyncio.Queue[tuple[int, AgentOutput] | None] = asyncio.Queue()
+        room = asyncio.Semaphore(2 * width)
+        source = _aiter_items(items).__aiter__()
+        counter = [0]
+        lock = asyncio.Lock()
+        mapper, isolated, executor = self.mapper, self.isolated, infra.executor
+        error: list[BaseException] = []
+
+        async def next_item() -> tuple[int, str] | None:
+            async with lock:
+                if error:
+                    return None
+                try:
+                    item = await source.__anext__()
+                except StopAsyncIteration:
+                    return None
+                i = counter[0]
+                counter[0] += 1
+                if not isinstance(item, str):
+                    error.append(TypeError(f"MapReduce items[{i}] must be a str, got {type(item).__name__}"))
+                    return None
+                return i, item
+
+        async def feeder() -> None:
+            while True:
+                nxt = await next_item()
+                if nxt is None:
+                    return
+                i, item = nxt
+                name = S.MAPPER_NAME.format(name=mapper.name, i=i)
+                skipped = gate(infra, name)
+                if skipped is not None:
+                    out = skipped
+                else:
+                    job = AgentJob(mapper.with_name(name), S.MAPPER_TASK.format(task=task, item=item), isolated=isolated)
+                    run = await executor.run_agent(runner, job, infra)
+                    out = settle(infra, run, name)
+                await room.acquire()
+                queue.put_nowait((i, out))
+
+        async def drive() -> None:
+            try:
+                await asyncio.gather(*[feeder() for _ in range(width)])
+            finally:
+                queue.put_nowait(None)
+
+        driver = asyncio.ensure_future(drive())
+        try:
+            while True:
+                got = await queue.get()
+                if got is None:
+                    break
+                room.release()
+                yield got
+            await driver  # re-raise a feeder failure
+            if error:
+                raise error[0]
+        finally:
+            if not driver.done():
+                driver.cancel()
+                try:
+                    await driver
+                except asyncio.CancelledError:
+                    pass
+
+    # -- whole run -------------------------------------------------------------------
     async def run(self, task: str, items: Sequence[str], runner: "AgentRunner", infra: "SharedInfra") -> MapReduceResult:
         """Map every item, then reduce.
 
         Raises:
             TypeError: an item is not a ``str`` (names its index); nothing runs.
-            AgentFailed: the reducer failed (``partial`` holds the map outputs).
-            BudgetExhausted: the budget denied the reducer (``partial`` likewise).
+            AgentFailed: a reducer failed (``partial`` holds the result so far).
+            BudgetExhausted: the budget denied a reducer (``partial`` likewise).
         """
         items = list(items)
         for i, item in enumerate(items):
@@ -100,31 +215,37 @@ class MapReduce:
         if n == 0:
             return MapReduceResult(task, [], "")
         outputs: list[AgentOutput | None] = [None] * n
-        mapper = self.mapper
-        isolated = self.isolated
-        executor = infra.executor
-        it = iter(range(n))
-
-        async def feeder() -> None:
-            for i in it:
-                name = S.MAPPER_NAME.format(name=mapper.name, i=i)
-                skipped = gate(infra, name)
-                if skipped is not None:
-                    outputs[i] = skipped
-                    continue
-                job = AgentJob(mapper.with_name(name), S.MAPPER_TASK.format(task=task, item=items[i]), isolated=isolated)
-                run = await executor.run_agent(runner, job, infra)
-                outputs[i] = settle(infra, run, name)
-
-        width = min(self.max_concurrent, n)
-        if width == 1:
-            await feeder()
-        else:
-            await asyncio.gather(*[feeder() for _ in range(width)])
+        async for i, out in self.stream(task, items, runner, infra):
+            outputs[i] = out
         map_outputs: list[AgentOutput] = outputs  # type: ignore[assignment] - every slot is filled
-        partial = MapReduceResult(task, map_outputs, "")
-        lines = "\n".join(S.FINDING_LINE.format(name=o.name, answer=o.answer) for o in map_outputs if o.succeeded)
-        out = await run_load_bearing(infra, runner, self.reducer, S.REDUCER_TASK.format(task=task, lines=lines),
-                                     partial=partial)
-        partial.reduced_answer = out.answer
-        return partial
+        result = MapReduceResult(task, map_outputs, "")
+        entries = [(o.name, o.answer) for o in map_outputs if o.succeeded]
+        k = self.reduce_fan_in
+        level = 0
+        while k is not None and len(entries) > k:
+            level += 1
+            chunks = [entries[j:j + k] for j in range(0, len(entries), k)]
+            outs = await self._reduce_level(task, chunks, level, runner, infra, result)
+            result.reduce_outputs.extend(outs)
+            entries = [(o.name, o.answer) for o in outs]
+        out = await run_load_bearing(infra, runner, self.reducer, _reducer_task(task, entries), partial=result)
+        result.reduced_answer = out.answer
+        return result
+
+    async def _reduce_level(self, task: str, chunks: list[list[tuple[str, str]]], level: int,
+                            runner: "AgentRunner", infra: "SharedInfra", partial: MapReduceResult) -> list[AgentOutput]:
+        outs: list[AgentOutput | None] = [None] * len(chunks)
+        it = iter(range(len(chunks)))
+
+        async def worker() -> None:
+            for j in it:
+                spec = self.reducer.with_name(f"{self.reducer.name}_l{level}_{j}")
+                outs[j] = await run_load_bearing(infra, runner, spec, _reducer_task(task, chunks[j]), partial=partial)
+
+        await asyncio.gather(*[worker() for _ in range(min(self.max_concurrent, len(chunks)))])
+        return outs  # type: ignore[return-value]
+
+
+def _reducer_task(task: str, entries: list[tuple[str, str]]) -> str:
+    lines = "\n".join(S.FINDING_LINE.format(name=name, answer=answer) for name, answer in entries)
+    return S.REDUCER_TASK.format(task=task, lines=lines)

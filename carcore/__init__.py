@@ -1,0 +1,30 @@
+"""carcore: the compiled (Cython) core of carmulti.
+
+There is no pure-Python fallback: carcore *is* the compiled thing (like uvloop).
+
+Modules:
+    carcore.state     StateStore, Overlay, StateTransition (compiled)
+    carcore.eventlog  EventLog, Event, RecoveryReport (compiled)
+    carcore.budget    BudgetCounters (compiled, POSIX shared memory)
+    carcore.errors    CarError, MergeConflictError, LogCorruptedError (pure Python)
+"""
+
+from __future__ import annotations
+
+from carcore.budget import BudgetCounters
+from carcore.errors import CarError, LogCorruptedError, MergeConflictError
+from carcore.eventlog import Event, EventLog, RecoveryReport
+from carcore.state import Overlay, StateStore, StateTransition
+
+__all__ = [
+    "BudgetCounters",
+    "CarError",
+    "Event",
+    "EventLog",
+    "LogCorruptedError",
+    "MergeConflictError",
+    "Overlay",
+    "RecoveryReport",
+    "StateStore",
+    "StateTransition",
+]

@@ -1,0 +1,1 @@
+# Marks carcore/includes as a Cython package of declarations (uvloop layout).

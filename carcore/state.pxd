@@ -1,0 +1,39 @@
+# cython: language_level=3
+"""Layout of the compiled state classes (see state.pyx)."""
+
+from libc.stdint cimport int64_t
+
+
+cdef class StateTransition:
+    cdef readonly str key
+    cdef object _old          # stored form, or _MISSING when the key was absent
+    cdef object _new          # stored form, or _MISSING when the key was deleted
+    cdef readonly str writer
+    cdef readonly int64_t ts_ns
+
+
+cdef class _StateView:
+    cdef object _raw(self, str key, bint track)
+    cdef int64_t _view_version(self, str key)
+    cdef list _key_list(self)
+    cdef list _apply_stored(self, dict sets, list deletes, str writer)
+    cdef void _adopt_bases(self, dict bases)
+
+
+cdef class StateStore(_StateView):
+    cdef dict _data           # key -> stored value (scalar as-is, container as JSON bytes)
+    cdef dict _versions       # key -> version (process-global counter)
+    cdef list _log            # list[StateTransition]
+    cdef void _replace(self, dict enc)
+
+
+cdef class Overlay(_StateView):
+    cdef readonly str name
+    cdef readonly _StateView parent
+    cdef dict _local          # key -> stored value written locally
+    cdef dict _tombs          # key -> None (ordered set of local deletes)
+    cdef dict _base           # key -> parent's view version at first touch
+    cdef dict _lversions      # key -> version of the local write/delete (or pinned after merge)
+    cdef list _log
+    cdef void _touch(self, str key)
+    cdef object _visible(self, str key)

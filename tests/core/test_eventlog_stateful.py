@@ -1,0 +1,118 @@
+"""Hypothesis state machine: a journaled EventLog vs. a list model.
+
+Rules append, batch-append, flush, close+reopen, "crash" (drop the object without
+close: every acknowledged append was already written with write(2)), and torn writes
+(a prefix of a further record, or garbage, lands after the last record before reopen).
+Invariant: the log's events equal the model (the acknowledged prefix).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
+from carcore import Event, EventLog
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    max_leaves=5,
+)
+KINDS = st.sampled_from(["start", "step", "done", "ünï\ncode"])
+AGENTS = st.none() | st.sampled_from(["a1", "a2"])
+
+
+class LogMachine(RuleBasedStateMachine):
+    def __init__(self):
+        super().__init__()
+        self.dir = tempfile.mkdtemp(prefix="carcore-log-")
+        self.path = os.path.join(self.dir, "events.log")
+        self.log = EventLog(self.path, fsync="batch", batch_records=3)
+        self.model: list[tuple] = []
+
+    def teardown(self):
+        self.log.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    @rule(kind=KINDS, data=JSON, agent=AGENTS)
+    def append(self, kind, data, agent):
+        e = self.log.append(kind, data, agent=agent)
+        assert e.seq == len(self.model)
+        self.model.append((kind, data, agent))
+
+    @rule(recs=st.lists(st.tuples(KINDS, JSON, AGENTS), max_size=4))
+    def append_batch(self, recs):
+        first = self.log.append_batch([{"kind": k, "data": d, "agent": a} for k, d, a in recs])
+        assert first == len(self.model)
+        self.model.extend(recs)
+
+    @rule()
+    def flush(self):
+        self.log.flush()
+
+    @rule(policy=st.sampled_from(["always", "batch", "never"]))
+    def reopen(self, policy):
+        self.log.close()
+        self.log = EventLog.open(self.path, fsync=policy)
+        assert self.log.recovery.records == len(self.model)
+        assert self.log.recovery.truncated_bytes == 0
+
+    @rule()
+    def crash(self):
+        # no close(): simulate the process dying right after its last acknowledged append
+        size = os.path.getsize(self.path)
+        other = EventLog.open(self.path)
+        assert len(other) == len(self.model) and other.recovery.truncated_bytes == 0
+        other.close()
+        assert os.path.getsize(self.path) == size
+        self.log.close()
+        self.log = EventLog.open(self.path)
+
+    @rule(data=st.data())
+    def torn_write(self, data):
+        self.log.close()
+        # the bytes a further append would have written, cut short (or zeros / a bad record)
+        full = self._line_for(len(self.model))
+        cut = data.draw(st.integers(1, len(full) - 1), label="cut")
+        bad_crc = b"00000000" + full[8:]
+        garbage = data.draw(
+            st.sampled_from([full[:cut], b"\x00" * cut, bad_crc, bad_crc[:cut]]), label="tail"
+        )
+        size = os.path.getsize(self.path)
+        with open(self.path, "ab") as f:
+            f.write(garbage)
+        self.log = EventLog.open(self.path)
+        rep = self.log.recovery
+        assert rep.records == len(self.model)
+        assert rep.truncated_bytes == len(garbage) and rep.torn_offset == size
+        assert os.path.getsize(self.path) == size
+
+    def _line_for(self, seq):
+        tmpdir = tempfile.mkdtemp(prefix="carcore-probe-")
+        try:
+            p = os.path.join(tmpdir, "p.log")
+            with EventLog(p, fsync="never") as probe:
+                for _ in range(seq):
+                    probe.append("pad")
+                probe.append("lost", {"x": "y" * 20})
+            with open(p, "rb") as f:
+                return f.read().splitlines(keepends=True)[-1]
+        finally:
+            shutil.rmtree(tmpdir)
+
+    @invariant()
+    def matches_model(self):
+        assert len(self.log) == len(self.model)
+        evs = self.log.events()
+        assert [(e.kind, e.data, e.agent) for e in evs] == self.model
+        assert [e.seq for e in evs] == list(range(len(self.model)))
+        assert all(isinstance(e, Event) for e in evs)
+
+
+LogMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=25, deadline=None)
+TestLogMachine = LogMachine.TestCase
