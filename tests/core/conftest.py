@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import psutil
 import pytest
 from hypothesis import HealthCheck, settings
 
@@ -16,11 +17,22 @@ settings.load_profile("carcore")
 
 
 def shm_entries(prefix: str = "carmulti") -> set[str]:
-    """Names in /dev/shm created by BudgetCounters with ``prefix`` in this process tree."""
+    """Names in /dev/shm created by BudgetCounters with ``prefix`` in this process tree.
+
+    Segments named ``{prefix}-{pid}-{hex}`` whose pid is not this process or one
+    of its descendants belong to someone else (another test run) and are ignored.
+    """
+    ours = {os.getpid()} | {p.pid for p in psutil.Process().children(recursive=True)}
     try:
-        return {n for n in os.listdir("/dev/shm") if n.startswith(prefix + "-")}
+        names = os.listdir("/dev/shm")
     except FileNotFoundError:  # pragma: no cover
         return set()
+    out = set()
+    for n in names:
+        parts = n.split("-")
+        if n.startswith(prefix + "-") and len(parts) >= 3 and parts[-2].isdigit() and int(parts[-2]) in ours:
+            out.add(n)
+    return out
 
 
 @pytest.fixture
