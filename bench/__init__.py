@@ -10,6 +10,10 @@ from __future__ import annotations
 SCENARIOS: dict[str, str] = {
     # name -> module (imported lazily so one scenario's extras never break another)
     "stdlib": "bench.stdlib",
+    "core": "bench.core",
+    "mapreduce": "bench.mapreduce",
+    "llm": "bench.llm",
+    "fanout": "bench.fanout",
 }
 
 DEFAULT_SCENARIO = "stdlib"

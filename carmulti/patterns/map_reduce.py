@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 
 __all__ = ["MapReduce", "MapReduceResult"]
 
+_END = object()  # end of an async item source
+
 
 @dataclass
 class MapReduceResult:
@@ -62,15 +64,6 @@ class MapReduceResult:
     def to_dict(self) -> dict[str, Any]:
         return {"task": self.task, "map_outputs": [o.to_dict() for o in self.map_outputs],
                 "reduced_answer": self.reduced_answer, "reduce_outputs": [o.to_dict() for o in self.reduce_outputs]}
-
-
-async def _aiter_items(items: Iterable[str] | AsyncIterable[str]) -> AsyncIterator[str]:
-    if hasattr(items, "__aiter__"):
-        async for x in items:  # type: ignore[union-attr]
-            yield x
-    else:
-        for x in items:  # type: ignore[union-attr]
-            yield x
 
 
 class MapReduce:
@@ -131,37 +124,53 @@ class MapReduce:
                 already started finish, no new one starts.
         """
         width = self.max_concurrent
-        # Unbounded queue + a semaphore for backpressure, so the end-of-stream
-        # sentinel can always be posted, even by a cancelled driver.
+        limit = 2 * width
+        # Finished outputs wait here for the consumer. Backpressure: a feeder that
+        # finds `limit` outputs waiting parks on one shared future that the
+        # consumer resolves once the backlog halves (a Semaphore would cost
+        # O(waiters) per release with thousands of feeders).
         queue: asyncio.Queue[tuple[int, AgentOutput] | None] = asyncio.Queue()
-        room = asyncio.Semaphore(2 * width)
-        source = _aiter_items(items).__aiter__()
-        counter = [0]
-        lock = asyncio.Lock()
+        drained: list[asyncio.Future[None] | None] = [None]
+        loop = asyncio.get_running_loop()
         mapper, isolated, executor = self.mapper, self.isolated, infra.executor
         error: list[BaseException] = []
+        counter = [0]
+        pump: asyncio.Task[None] | None = None
+        if hasattr(items, "__aiter__"):
+            # One pump task reads the async source; feeders take from a bounded queue.
+            item_q: asyncio.Queue[Any] = asyncio.Queue(maxsize=width)
 
-        async def next_item() -> tuple[int, str] | None:
-            async with lock:
-                if error:
-                    return None
+            async def pump_items() -> None:
                 try:
-                    item = await source.__anext__()
-                except StopAsyncIteration:
-                    return None
+                    async for x in items:  # type: ignore[union-attr]
+                        await item_q.put(x)
+                finally:
+                    for _ in range(width):
+                        await item_q.put(_END)
+
+            pump = asyncio.ensure_future(pump_items())
+
+            async def next_raw() -> tuple[bool, Any]:
+                x = await item_q.get()
+                return (x is not _END, x)
+        else:
+            source = iter(items)  # type: ignore[arg-type]
+
+            async def next_raw() -> tuple[bool, Any]:
+                for x in source:
+                    return True, x
+                return False, None
+
+        async def feeder() -> None:
+            while not error:
+                ok, item = await next_raw()
+                if not ok:
+                    return
                 i = counter[0]
                 counter[0] += 1
                 if not isinstance(item, str):
                     error.append(TypeError(f"MapReduce items[{i}] must be a str, got {type(item).__name__}"))
-                    return None
-                return i, item
-
-        async def feeder() -> None:
-            while True:
-                nxt = await next_item()
-                if nxt is None:
                     return
-                i, item = nxt
                 name = S.MAPPER_NAME.format(name=mapper.name, i=i)
                 skipped = gate(infra, name)
                 if skipped is not None:
@@ -170,7 +179,11 @@ class MapReduce:
                     job = AgentJob(mapper.with_name(name), S.MAPPER_TASK.format(task=task, item=item), isolated=isolated)
                     run = await executor.run_agent(runner, job, infra)
                     out = settle(infra, run, name)
-                await room.acquire()
+                while queue.qsize() >= limit:
+                    fut = drained[0]
+                    if fut is None or fut.done():
+                        fut = drained[0] = loop.create_future()
+                    await fut
                 queue.put_nowait((i, out))
 
         async def drive() -> None:
@@ -185,18 +198,21 @@ class MapReduce:
                 got = await queue.get()
                 if got is None:
                     break
-                room.release()
+                fut = drained[0]
+                if fut is not None and not fut.done() and queue.qsize() <= limit // 2:
+                    fut.set_result(None)
                 yield got
             await driver  # re-raise a feeder failure
             if error:
                 raise error[0]
         finally:
-            if not driver.done():
-                driver.cancel()
-                try:
-                    await driver
-                except asyncio.CancelledError:
-                    pass
+            for t in (driver, pump):
+                if t is not None and not t.done():
+                    t.cancel()
+                    try:
+                        await t
+                    except asyncio.CancelledError:
+                        pass
 
     # -- whole run -------------------------------------------------------------------
     async def run(self, task: str, items: Sequence[str], runner: "AgentRunner", infra: "SharedInfra") -> MapReduceResult:
