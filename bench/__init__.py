@@ -12,6 +12,8 @@ SCENARIOS: dict[str, str] = {
     "stdlib": "bench.stdlib",
     "core": "bench.core",
     "mapreduce": "bench.mapreduce",
+    "rounds": "bench.rounds",
+    "mailbox": "bench.mailbox",
     "llm": "bench.llm",
     "fanout": "bench.fanout",
 }

@@ -52,11 +52,15 @@ class Inbox:
         Raises:
             MailboxTimeout: nothing arrived within ``timeout_s``.
         """
+        q = self._queue
+        if not q.empty():
+            return q.get_nowait()
         if timeout_s is None:
-            return await self._queue.get()
+            return await q.get()
         try:
-            return await asyncio.wait_for(self._queue.get(), timeout_s)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(timeout_s):  # no task per call, unlike wait_for
+                return await q.get()
+        except TimeoutError:
             raise MailboxTimeout(self.name) from None
 
     def try_recv(self) -> Any | None:
@@ -77,8 +81,9 @@ class Inbox:
             await q.put(msg)
             return
         try:
-            await asyncio.wait_for(q.put(msg), timeout_s)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(timeout_s):
+                await q.put(msg)
+        except TimeoutError:
             raise MailboxFull(self.name, q.maxsize, timeout_s) from None
 
     def __aiter__(self) -> "Inbox":
