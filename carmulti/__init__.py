@@ -29,11 +29,12 @@ from .errors import (
     MultiError,
     NoOutput,
     PoolAtCapacity,
+    SupervisorGaveUp,
     ToolError,
     UnknownSpecialist,
     WireProtocolError,
 )
-from .executors import AgentJob, AgentRun, Executor, LocalExecutor
+from .executors import AgentJob, AgentRun, Executor, LocalExecutor, ProcessExecutor
 from .infra import SharedInfra
 from .isolation import AgentContext, TaskScope
 from .mailbox import Inbox, Mailbox
@@ -129,10 +130,12 @@ __all__ = [
     "PoolAtCapacity",
     "PooledMailbox",
     "Precondition",
+    "ProcessExecutor",
     "ProposalResult",
     "Runtime",
     "SharedInfra",
     "Supervisor",
+    "SupervisorGaveUp",
     "SupervisorResult",
     "Swarm",
     "SwarmMode",

@@ -18,6 +18,7 @@ Every error carmulti raises on purpose derives from :class:`carcore.CarError`::
                ├── AdvisorExhausted        ``advisor exhausted: used {used} of {max_uses} allowed consultations``
                ├── BudgetError             a spawn was refused by the coordination budget
                ├── PoolAtCapacity          ``agent pool at capacity ({running}/{max})``
+               ├── SupervisorGaveUp        process executor: too many worker restarts (restart intensity)
                ├── ToolError               a tool call failed (message becomes the action's error)
                └── WireProtocolError       a malformed frame between coordinator and worker
 
@@ -51,6 +52,7 @@ __all__ = [
     "MultiError",
     "NoOutput",
     "PoolAtCapacity",
+    "SupervisorGaveUp",
     "ToolError",
     "UnknownSpecialist",
     "WireProtocolError",
@@ -72,6 +74,19 @@ class MultiError(CarError):
         """Attach the work done before the failure and return ``self``."""
         self.partial = partial
         return self
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Subclasses format their text in __init__ from structured fields; rebuild
+        # from the text and the fields instead of calling __init__ again, so
+        # errors survive pickling across processes unchanged.
+        return (_rebuild, (type(self), str(self), dict(self.__dict__)))
+
+
+def _rebuild(cls: type, text: str, state: dict[str, Any]) -> MultiError:
+    err = cls.__new__(cls)
+    Exception.__init__(err, text)
+    err.__dict__.update(state)
+    return err
 
 
 class AgentFailed(MultiError):
@@ -216,6 +231,34 @@ class PoolAtCapacity(MultiError):
         self.running = running
         self.max_concurrent = max_concurrent
         super().__init__(f"agent pool at capacity ({running}/{max_concurrent})")
+
+
+class SupervisorGaveUp(MultiError):
+    """The process executor stopped its worker pool: workers died too often (OTP restart intensity).
+
+    More than ``max_restarts`` worker restarts happened within
+    ``restart_period_s`` seconds (e.g. a runner that kills its process every
+    time). Raised by ``run_agent``/``run_batch`` for every agent still waiting
+    and every later call, until the executor is closed.
+
+    Args:
+        max_restarts: The restart limit.
+        period_s: The window, in seconds.
+        causes: Why each worker died, oldest first (one entry per death).
+    """
+
+    def __init__(self, max_restarts: int, period_s: float, causes: list[str]) -> None:
+        self.max_restarts = max_restarts
+        self.period_s = period_s
+        self.causes = list(causes)
+        listed = "; ".join(f"[{i + 1}] {c}" for i, c in enumerate(self.causes))
+        super().__init__(
+            f"supervisor gave up: more than {max_restarts} worker restarts within {period_s}s; "
+            f"the worker pool is stopped. Causes: {listed}"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (SupervisorGaveUp, (self.max_restarts, self.period_s, self.causes))
 
 
 class ToolError(MultiError):

@@ -322,7 +322,7 @@ class Runtime:
         tools_used: Tools executed, in first-use order.
     """
 
-    __slots__ = ("state", "log", "policies", "agent", "budget", "_tools", "_executor", "_cache",
+    __slots__ = ("state", "log", "policies", "agent", "budget", "_tools", "_unchecked", "_executor", "_cache",
                  "tool_calls", "tools_used", "retry_base_delay_s")
 
     def __init__(self, state: Any, log: Any = None, policies: PolicyEngine | None = None, *,
@@ -333,6 +333,7 @@ class Runtime:
         self.agent = agent
         self.budget = budget
         self._tools: dict[str, dict[str, Any] | None] = {}
+        self._unchecked: set[str] = set()
         self._executor: ToolExecutor | None = None
         self._cache: dict[str, Any] = {}
         self.tool_calls = 0
@@ -340,7 +341,7 @@ class Runtime:
         self.retry_base_delay_s = RETRY_BASE_DELAY_S
 
     # -- tools -----------------------------------------------------------------
-    def register_tool(self, name: str, schema: Mapping[str, Any] | None = None) -> None:
+    def register_tool(self, name: str, schema: Mapping[str, Any] | None = None, *, validate: bool = True) -> None:
         """Admit tool calls for ``name``; with a JSON schema, their parameters are validated.
 
         Args:
@@ -348,6 +349,10 @@ class Runtime:
             schema: JSON Schema of the parameters object (subset checked: ``type``,
                 ``required``, ``properties``, ``enum``, ``items``), also offered to
                 models by LLM runners. ``None`` = open schema.
+            validate: Check parameters against ``schema`` before execution. With
+                ``False`` the schema is only advertised and the tool's executor
+                reports bad parameters itself (the delegator's ``delegate`` does,
+                with the Rust error texts).
 
         Raises:
             TypeError: ``name`` is not a non-empty str or ``schema`` not a mapping.
@@ -359,6 +364,10 @@ class Runtime:
         if schema is None and name in self._tools:
             return  # re-registering without a schema keeps a schema given earlier
         self._tools[name] = dict(schema) if schema is not None else None
+        if validate:
+            self._unchecked.discard(name)
+        else:
+            self._unchecked.add(name)
 
     def has_tool(self, name: str) -> bool:
         return name in self._tools
@@ -400,7 +409,7 @@ class Runtime:
                 return (f"tool '{action.tool}' is not registered on this runtime (registered: {known}); "
                         "list it in AgentSpec.tools or call runtime.register_tool()")
             schema = self._tools[action.tool]
-            if schema is not None:
+            if schema is not None and action.tool not in self._unchecked:
                 err = _validate(params, schema, "$")
                 if err:
                     return f"tool '{action.tool}' parameters rejected: {err}"

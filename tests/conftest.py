@@ -39,10 +39,22 @@ def _shm_entries() -> set[str]:
 
 
 def _children() -> set[int]:
+    """Descendant pids, except multiprocessing's resource tracker: one per
+    interpreter, started on first use and kept until exit by design (it is what
+    unlinks named semaphores if we crash), so it is not a per-test leak."""
+    out = set()
     try:
-        return {p.pid for p in psutil.Process().children(recursive=True)}
+        kids = psutil.Process().children(recursive=True)
     except psutil.Error:  # pragma: no cover
-        return set()
+        return out
+    for p in kids:
+        try:
+            if "resource_tracker" in " ".join(p.cmdline()):
+                continue
+        except psutil.Error:
+            continue
+        out.add(p.pid)
+    return out
 
 
 def _threads() -> set[int]:

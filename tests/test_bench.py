@@ -57,3 +57,24 @@ async def test_mapreduce_totals_match_the_direct_loop(tmp_path: Path) -> None:
     assert totals == bstd.direct_totals(files)
     assert totals["failed"] == 1 and totals["parsed"] == 5 and totals["functions"] == 15 and totals["classes"] == 5
     assert orjson.dumps(totals)  # JSON-ready
+
+
+@pytest.mark.parametrize("argv,expect", [
+    (["core", "--n", "2000", "--budget-ops", "2000", "--repeat", "1", "--warmup", "0"], "budget reserve, 2 processes"),
+    (["mapreduce", "--items", "3000", "--reduce-fan-in", "16", "--concurrency", "50"], "total checked: OK"),
+    (["rounds", "--n", "20", "--repeat", "1", "--warmup", "0"], "Supervisor 4 workers x 3 rounds"),
+    (["mailbox", "--n", "200", "--repeat", "1", "--warmup", "0"], "ping-pong in-process"),
+])
+def test_scenarios_run_at_small_n_and_write_json(tmp_path: Path, argv: list[str], expect: str) -> None:
+    out = tmp_path / "out.json"
+    proc = subprocess.run([sys.executable, "-m", "bench", *argv, "--json", str(out)], capture_output=True, text=True,
+                          timeout=240, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert expect in proc.stdout
+    data = orjson.loads(out.read_bytes())
+    assert data["scenario"] == argv[0]
+    assert data["machine"]["cpus"] >= 1
+    assert data["rows"] and all(r["value"] > 0 for r in data["rows"])
+    for r in data["rows"]:
+        if r["baseline"] is not None:
+            assert r["ratio"] == pytest.approx(r["value"] / r["baseline"])

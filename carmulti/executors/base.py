@@ -50,6 +50,9 @@ class AgentJob:
         mailbox: The mailbox handed to the runner; ``None`` = a fresh one.
         register_spec_tools: Register ``spec.tools`` on the runtime (the swarm's
             synthesizer runs without them, as in Rust).
+        validate_job_tools: Validate parameters of ``tools`` against their
+            schemas (``False``: schemas are advertised only; see
+            ``Runtime.register_tool(validate=...)``).
     """
 
     spec: AgentSpec
@@ -59,6 +62,7 @@ class AgentJob:
     tool_executor: "ToolExecutor | None" = None
     mailbox: Any = None
     register_spec_tools: bool = True
+    validate_job_tools: bool = True
 
 
 @dataclass(slots=True)

@@ -63,7 +63,7 @@ class LocalExecutor:
             rt = infra.make_runtime(agent=spec.name)
         if job.tools:
             for t, schema in job.tools.items():
-                rt.register_tool(t, schema)
+                rt.register_tool(t, schema, validate=job.validate_job_tools)
         if job.register_spec_tools:
             for t in spec.tools:
                 rt.register_tool(t)

@@ -142,7 +142,7 @@ class Delegator:
             infra.begin_agent()
         except BudgetError as err:
             raise BudgetExhausted(str(err)).with_partial(result) from err
-        job = AgentJob(self.main, task, tools={S.DELEGATE_TOOL: DELEGATE_SCHEMA}, tool_executor=executor, mailbox=Mailbox())
+        job = AgentJob(self.main, task, tools={S.DELEGATE_TOOL: DELEGATE_SCHEMA}, validate_job_tools=False, tool_executor=executor, mailbox=Mailbox())
         run = await infra.executor.run_agent(runner, job, infra)
         if run.output is None or run.error is not None:
             raise AgentFailed(self.main.name, run.error or "internal: missing join result").with_partial(result)

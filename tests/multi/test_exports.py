@@ -1,0 +1,71 @@
+"""The public surface: ``carmulti.__all__``."""
+
+from __future__ import annotations
+
+import inspect
+
+import carcore
+import carmulti
+
+API_NAMES = {
+    "AgentSpec", "AgentOutput", "TokenAccounting", "Message", "AgentRunner", "MultiError", "AgentFailed",
+    "MailboxSend", "MailboxTimeout", "UnknownSpecialist", "NoOutput", "MaxRoundsExceeded", "BudgetExhausted",
+    "AdvisorExhausted", "SharedInfra", "BudgetLimits", "CoordinationBudget", "BudgetError", "budget_skipped_output",
+    "is_budget_skipped", "AgentContext", "TaskScope", "WorkspaceConfig", "AgentWorkspace", "WORKSPACE_METADATA_KEY",
+    "Mailbox", "Action", "ActionProposal", "ActionType", "ToolExecutor", "ToolError", "Runtime", "PolicyEngine",
+    "Swarm", "SwarmMode", "SwarmResult", "Pipeline", "PipelineResult", "Supervisor", "SupervisorResult", "Delegator",
+    "DelegatorResult", "DelegationRecord", "MapReduce", "MapReduceResult", "Vote", "VoteResult", "AgentPool",
+    "MessageRouter", "AgentMessage", "PoolAtCapacity", "run",
+}
+
+
+def test_all_is_sorted_and_unique():
+    names = list(carmulti.__all__)
+    assert names == sorted(names)
+    assert len(names) == len(set(names))
+
+
+def test_every_name_resolves():
+    for name in carmulti.__all__:
+        assert hasattr(carmulti, name), name
+        assert getattr(carmulti, name) is not None, name
+
+
+def test_api_names_are_exported():
+    missing = API_NAMES - set(carmulti.__all__)
+    assert not missing, f"API.md names missing from carmulti.__all__: {sorted(missing)}"
+
+
+def test_public_objects_report_package_module():
+    wrong = []
+    for name in carmulti.__all__:
+        obj = getattr(carmulti, name)
+        if not (inspect.isclass(obj) or inspect.isfunction(obj)):
+            continue
+        mod = getattr(obj, "__module__", "")
+        if not mod.startswith("carmulti"):  # aliases of builtins, re-exports from the compiled core
+            continue
+        if mod != "carmulti":
+            wrong.append(f"{name}: {mod}")
+    assert not wrong, wrong
+
+
+def test_every_exception_class_derives_from_car_error():
+    excs = [getattr(carmulti, n) for n in carmulti.__all__
+            if inspect.isclass(getattr(carmulti, n)) and issubclass(getattr(carmulti, n), BaseException)]
+    assert len(excs) >= 10
+    for exc in excs:
+        assert issubclass(exc, carcore.CarError), exc
+    assert carmulti.CarError is carcore.CarError
+    assert issubclass(carmulti.MultiError, Exception)
+
+
+def test_workspace_metadata_key_value():
+    assert carmulti.WORKSPACE_METADATA_KEY == "workspace"
+
+
+def test_runner_protocol_is_runtime_checkable():
+    from .doubles import MockRunner
+
+    assert isinstance(MockRunner(), carmulti.AgentRunner)
+    assert not isinstance(object(), carmulti.AgentRunner)

@@ -1,0 +1,214 @@
+"""ProcessExecutor faults (reliability.md R1, R4, R9-R11, R13, R27): kill -9 mid-agent, a hanging
+runner, an uncooperative runner, a crash loop, an unserializable output, malformed frames. The
+suite-wide leak fixture checks that no process, zombie, shm segment or thread is left behind."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pathlib
+import signal
+import time
+from typing import Any
+
+import pytest
+import zmq
+
+from carmulti import (
+    AgentJob,
+    AgentOutput,
+    AgentSpec,
+    ProcessExecutor,
+    SharedInfra,
+    SupervisorGaveUp,
+    Swarm,
+    SwarmMode,
+)
+from carmulti.executors import _wire as W
+
+
+class FaultRunner:
+    """Behaviour by ``spec.metadata["do"]``; ``pidfile`` (if given) gets the worker's pid first."""
+
+    async def run(self, spec: AgentSpec, task: str, runtime: Any, mailbox: Any) -> Any:
+        md = spec.metadata
+        if "pidfile" in md:
+            pathlib.Path(md["pidfile"]).write_text(str(os.getpid()))
+        do = md.get("do", "answer")
+        if do == "sleep":
+            await asyncio.sleep(60)
+        elif do == "swallow":  # ignores cancellation (but keeps its loop responsive)
+            while True:
+                try:
+                    await asyncio.sleep(60)
+                except asyncio.CancelledError:
+                    continue
+        elif do == "block":  # blocks the worker's whole event loop
+            time.sleep(60)
+        elif do == "exit":
+            os._exit(1)
+        elif do == "raise":
+            raise ValueError("boom")
+        elif do == "unserializable":
+            return AgentOutput(name=spec.name, answer="x", outcome={"bad": {1, 2}})
+        return f"{spec.name} ok @{os.getpid()}"
+
+
+async def _wait_pid(path: pathlib.Path, timeout: float = 20.0) -> int:
+    deadline = time.monotonic() + timeout
+    while not path.exists() or not path.read_text():
+        assert time.monotonic() < deadline, f"{path} never written"
+        await asyncio.sleep(0.01)
+    return int(path.read_text())
+
+
+async def test_kill_9_mid_agent_fails_only_that_workers_agents_and_replaces_it(tmp_path):
+    ex = ProcessExecutor(workers=2)
+    async with SharedInfra(executor=ex) as infra:
+        pidfile = tmp_path / "victim.pid"
+        agents = [AgentSpec("a1"), AgentSpec("victim", metadata={"do": "sleep", "pidfile": str(pidfile)}),
+                  AgentSpec("a3")]
+        before = set(ex.pids)
+        task = asyncio.ensure_future(Swarm(agents).run("t", FaultRunner(), infra))
+        pid = await _wait_pid(pidfile)
+        os.kill(pid, signal.SIGKILL)
+        t0 = time.monotonic()
+        res = await asyncio.wait_for(task, 10)
+        assert time.monotonic() - t0 < 5
+        outs = {o.name: o for o in res.outputs}
+        assert len(res.outputs) == 3
+        assert outs["victim"].error == f"worker {pid} died (SIGKILL) while running this agent"
+        assert outs["a1"].succeeded and outs["a3"].succeeded
+        assert ex.restarts == 1
+        after = set(ex.pids)
+        assert pid not in after and len(after) == 2 and after != before
+        again = await Swarm([AgentSpec("b1"), AgentSpec("b2")]).run("t", FaultRunner(), infra)
+        assert all(o.succeeded for o in again.outputs)
+
+
+async def test_runner_that_raises_is_an_error_output_and_the_worker_is_reused():
+    ex = ProcessExecutor(workers=1)
+    async with SharedInfra(executor=ex) as infra:
+        pids = ex.pids
+        res = await Swarm([AgentSpec("r", metadata={"do": "raise"}), AgentSpec("ok")]).run("t", FaultRunner(), infra)
+        assert [o.error for o in res.outputs] == ["boom", None]
+        assert ex.pids == pids and ex.restarts == 0
+
+
+async def test_hanging_runner_is_cancelled_at_the_timeout_and_the_worker_reused():
+    ex = ProcessExecutor(workers=1, cancel_grace_s=1.0)
+    async with SharedInfra(executor=ex, agent_timeout_s=0.3) as infra:
+        pids = ex.pids
+        t0 = time.monotonic()
+        res = await Swarm([AgentSpec("h", metadata={"do": "sleep"}), AgentSpec("ok")]).run("t", FaultRunner(), infra)
+        assert time.monotonic() - t0 < 0.3 + 1.0 + 0.5
+        assert res.outputs[0].error == "timeout after 0.3s"
+        assert res.outputs[1].succeeded
+        assert ex.pids == pids and ex.restarts == 0
+
+
+@pytest.mark.parametrize("do", ["swallow", "block"])
+async def test_uncooperative_runner_is_killed_with_its_worker_after_the_grace(do, tmp_path):
+    ex = ProcessExecutor(workers=1, cancel_grace_s=0.3)
+    async with SharedInfra(executor=ex, agent_timeout_s=0.2) as infra:
+        old = ex.pids[0]
+        t0 = time.monotonic()
+        run = await ex.run_agent(FaultRunner(), AgentJob(AgentSpec("u", metadata={"do": do}), "t"), infra)
+        elapsed = time.monotonic() - t0
+        assert run.error == "timeout after 0.2s"
+        assert elapsed < 0.2 + 0.3 + 2.0
+        for _ in range(200):  # the replacement connects
+            if ex.pids and ex.pids[0] != old:
+                break
+            await asyncio.sleep(0.02)
+        assert ex.pids and ex.pids[0] != old and ex.restarts == 1
+        ok = await ex.run_agent(FaultRunner(), AgentJob(AgentSpec("after"), "t"), infra)
+        assert ok.ok
+
+
+async def test_crash_loop_stops_at_the_restart_intensity_limit():
+    ex = ProcessExecutor(workers=1, max_restarts=2, restart_period_s=30)
+    async with SharedInfra(executor=ex) as infra:
+        agents = [AgentSpec(f"c{i}", metadata={"do": "exit"}) for i in range(6)]
+        t0 = time.monotonic()
+        with pytest.raises(SupervisorGaveUp) as ei:
+            await Swarm(agents, SwarmMode.SEQUENTIAL).run("t", FaultRunner(), infra)
+        assert time.monotonic() - t0 < 30
+        err = ei.value
+        assert ex.restarts == 2
+        assert len(err.causes) == 3 and all("exited with code 1" in c for c in err.causes)
+        assert "supervisor gave up: more than 2 worker restarts within 30.0s" in str(err)
+        with pytest.raises(SupervisorGaveUp):
+            await ex.run_agent(FaultRunner(), AgentJob(AgentSpec("late"), "t"), infra)
+
+
+async def test_unserializable_output_is_an_error_naming_the_path_and_the_worker_is_reused():
+    ex = ProcessExecutor(workers=1)
+    async with SharedInfra(executor=ex) as infra:
+        pids = ex.pids
+        res = await Swarm([AgentSpec("u", metadata={"do": "unserializable"}), AgentSpec("ok")]).run(
+            "t", FaultRunner(), infra)
+        err = res.outputs[0].error
+        assert err.startswith("SerializationError: agent 'u'") and "$.output.outcome.bad" in err
+        assert res.outputs[1].succeeded
+        assert ex.pids == pids
+
+
+async def test_malformed_frames_to_a_worker_are_rejected_and_it_keeps_serving():
+    ex = ProcessExecutor(workers=1)
+    async with SharedInfra(executor=ex) as infra:
+        pids = ex.pids
+        ex._send_raw(0, [W.VERSION, b'{"t": "jobs", "jobs": [{"id": "x", "r": 1, "i": 1}]}'])
+        ex._send_raw(0, [b"\x09", b'{"t": "ping", "n": 1}'])
+        ex._send_raw(0, [W.VERSION, b"{not json"])
+        assert await ex._ping(0) == 3
+        res = await Swarm([AgentSpec("s1"), AgentSpec("s2")]).run("t", FaultRunner(), infra)
+        assert all(o.succeeded for o in res.outputs) and ex.pids == pids
+
+
+async def test_malformed_frames_to_the_coordinator_are_rejected_and_it_keeps_serving():
+    ex = ProcessExecutor(workers=1)
+    async with SharedInfra(executor=ex) as infra:
+        ctx = zmq.Context()
+        try:
+            rogue = ctx.socket(zmq.DEALER)
+            rogue.setsockopt(zmq.LINGER, 0)
+            rogue.connect(ex.endpoint)
+            rogue.send_multipart([W.VERSION, b'{"t": "batch"}'])
+            for _ in range(200):
+                if ex.rejected_frames:
+                    break
+                await asyncio.sleep(0.01)
+            assert ex.rejected_frames == 1  # unknown peer
+            rogue.close(linger=0)
+        finally:
+            ctx.term()
+        res = await Swarm([AgentSpec("s1")]).run("t", FaultRunner(), infra)
+        assert res.outputs[0].succeeded
+
+
+async def test_caller_cancellation_cancels_the_agent_in_its_worker():
+    ex = ProcessExecutor(workers=1)
+    async with SharedInfra(executor=ex) as infra:
+        t = asyncio.ensure_future(ex.run_agent(FaultRunner(), AgentJob(AgentSpec("c", metadata={"do": "sleep"}), "t"),
+                                               infra))
+        await asyncio.sleep(0.3)
+        t.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await t
+        ok = await ex.run_agent(FaultRunner(), AgentJob(AgentSpec("after"), "t"), infra)
+        assert ok.ok
+
+
+async def test_aclose_with_agents_in_flight_leaves_nothing_behind():
+    ex = ProcessExecutor(workers=2, shutdown_timeout_s=0.5)
+    infra = SharedInfra(executor=ex)
+    task = asyncio.ensure_future(Swarm([AgentSpec(f"z{i}", metadata={"do": "block"}) for i in range(2)]).run(
+        "t", FaultRunner(), infra))
+    await asyncio.sleep(0.8)
+    t0 = time.monotonic()
+    await infra.aclose()
+    assert time.monotonic() - t0 < 0.5 + 2.0
+    res = await task
+    assert all(o.error == "executor closed while this agent was running" for o in res.outputs)
+    assert ex.pids == [] and not ex.running

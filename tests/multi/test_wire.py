@@ -1,0 +1,148 @@
+"""The process executor's wire format (reliability.md R27): every malformed frame is rejected with a
+WireProtocolError naming the rule and the ``$.path``; valid frames round-trip."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from carmulti import AgentOutput, MailboxFull, MailboxSend, MailboxTimeout, TokenAccounting, ToolError, WireProtocolError
+from carmulti.executors import _wire as W
+
+JOB = {"id": 1, "r": 1, "i": 1, "spec": {"name": "a"}, "task": "t"}
+
+
+def frames(body, *, version=W.VERSION, blob=None):
+    out = [version, orjson.dumps(body) if not isinstance(body, bytes) else body]
+    if blob is not None:
+        out.append(blob)
+    return out
+
+
+def test_valid_frames_decode():
+    body, blob = W.decode(frames({"t": "jobs", "jobs": [JOB]}), W.TO_WORKER)
+    assert body["jobs"][0]["spec"]["name"] == "a" and blob is None
+    body, blob = W.decode(frames({"t": "runner", "id": 3}, blob=b"dill"), W.TO_WORKER)
+    assert blob == b"dill"
+    out = W.output_to_wire(AgentOutput("a", "x", 1, 0, 1.5, tokens=TokenAccounting(1, 2, 0.5), tools_used=["t"]))
+    W.decode(frames({"t": "batch", "res": [{"id": 1, "out": out, "err": None, "dur": 1.0,
+                                             "ops": [["s", "k", {"v": 1}, "w"], ["d", "k", "w"]]}]}), W.TO_COORDINATOR)
+
+
+@pytest.mark.parametrize(
+    ("msg", "path", "text"),
+    [
+        ([W.VERSION], "$", "expected 2 or 3 frames, got 1"),
+        ([W.VERSION, b"{}", b"x", b"y"], "$", "expected 2 or 3 frames, got 4"),
+        ([b"\x07", b'{"t": "ping", "n": 1}'], "$", "unknown protocol version byte"),
+        ([W.VERSION, b""], "$", "empty body frame"),
+        ([W.VERSION, b"{oops"], "$", "invalid JSON"),
+        ([W.VERSION, b"[1, 2]"], "$", "expected object, got list"),
+        ([W.VERSION, b'{"n": 1}'], "$.t", "missing required field"),
+        ([W.VERSION, b'{"t": 5}'], "$.t", "expected str, got int"),
+        ([W.VERSION, b'{"t": "explode"}'], "$.t", "unknown message kind 'explode'"),
+        ([W.VERSION, b'{"t": "ping", "n": 1}', b"blob"], "$", "kind 'ping' takes 2 frames, got 3"),
+        ([W.VERSION, b'{"t": "runner", "id": 1}'], "$", "kind 'runner' needs 3 frames"),
+        ([W.VERSION, b'{"t": "ping", "n": "1"}'], "$.n", "expected int, got str"),
+        (frames({"t": "jobs", "jobs": [dict(JOB, id="x")]}), "$.jobs[0].id", "expected int, got str"),
+        (frames({"t": "jobs", "jobs": [JOB, dict(JOB, spec={"name": 5})]}), "$.jobs[1].spec.name",
+         "expected non-empty str, got int"),
+        (frames({"t": "jobs", "jobs": [dict(JOB, spec={"name": "a", "tools": ["x", 3]})]}),
+         "$.jobs[0].spec.tools[1]", "expected str, got int"),
+        (frames({"t": "jobs", "jobs": [dict(JOB, task=None)]}), "$.jobs[0].task", "expected str, got null"),
+        (frames({"t": "jobs", "jobs": [dict(JOB, mb={"k": "zzz"})]}), "$.jobs[0].mb.k", "unknown mailbox kind"),
+        (frames({"t": "jobs", "jobs": [dict(JOB, to=True)]}), "$.jobs[0].to", "expected number, got bool"),
+        (frames({"t": "ret", "rets": [{"rid": 1}]}), "$.rets[0]", "a reply needs 'ok' or 'err'"),
+        (frames({"t": "cancel", "jobs": [1, "2"]}), "$.jobs[1]", "expected int, got str"),
+    ],
+)
+def test_rejections_to_worker_name_the_path(msg, path, text):
+    with pytest.raises(WireProtocolError) as ei:
+        W.decode(msg, W.TO_WORKER)
+    assert ei.value.path == path
+    assert text in ei.value.msg
+    assert str(ei.value).startswith(f"wire protocol error at `{path}`: ")
+
+
+GOOD_OUT = ["a", "x", 1, 0, 1.0, None, None, []]
+
+
+@pytest.mark.parametrize(
+    ("body", "path", "text"),
+    [
+        ({"t": "hello", "pid": 1, "index": 0}, "$.gen", "missing required field"),
+        ({"t": "batch", "res": [{"id": 1, "out": None, "err": None, "dur": 1.0}]}, "$.res[0].err",
+         "a result needs 'out' or 'err'"),
+        ({"t": "batch", "res": [{"id": 1, "out": ["a", 5] + GOOD_OUT[2:], "err": None, "dur": 1.0}]},
+         "$.res[0].out[1] (answer)", "expected str, got int"),
+        ({"t": "batch", "res": [{"id": 1, "out": GOOD_OUT[:7], "err": None, "dur": 1.0}]}, "$.res[0].out",
+         "expected 8 fields"),
+        ({"t": "batch", "res": [{"id": 1, "out": GOOD_OUT[:6] + [[1, 2], []], "err": None, "dur": 1.0}]},
+         "$.res[0].out[6] (tokens)", "expected [input_tokens, output_tokens, cost_usd]"),
+        ({"t": "batch", "res": [{"id": 1, "out": GOOD_OUT, "err": None, "dur": "1"}]}, "$.res[0].dur",
+         "expected number, got str"),
+        ({"t": "batch", "res": [{"id": 1, "out": GOOD_OUT, "err": None, "dur": 1.0, "ops": [["x", "k"]]}]},
+         "$.res[0].ops[0]", "expected [\"s\", key, value, writer]"),
+        ({"t": "batch", "ev": [[1, [{"data": 1}]]]}, "$.ev[0][1][0].kind", "missing required field"),
+        ({"t": "batch", "req": [{"rid": 1, "op": "fly"}]}, "$.req[0].op", "unknown request op 'fly'"),
+        ({"t": "batch", "req": [{"rid": 1, "op": "tool", "job": 1, "tool": "x"}]}, "$.req[0].params",
+         "missing required field"),
+        ({"t": "rpc", "rid": 1, "op": "get", "i": 1}, "$.k", "missing required field"),
+    ],
+)
+def test_rejections_to_coordinator_name_the_path(body, path, text):
+    with pytest.raises(WireProtocolError) as ei:
+        W.decode(frames(body), W.TO_COORDINATOR)
+    assert (ei.value.path, text in ei.value.msg) == (path, True), str(ei.value)
+
+
+def test_oversize_body_is_rejected():
+    with pytest.raises(WireProtocolError, match="exceeds max_frame_bytes=10"):
+        W.decode(frames({"t": "ping", "n": 123456789}), W.TO_WORKER, max_frame_bytes=10)
+
+
+def test_errors_round_trip():
+    for exc in (MailboxSend("no agent 'x'"), MailboxFull("x", 3, 0.5), MailboxTimeout("x"), ToolError("bad")):
+        back = W.decode_error(W.encode_error(exc))
+        assert type(back) is type(exc) and str(back) == str(exc)
+    assert str(W.decode_error(W.encode_error(ValueError("v")))) == "v"
+    assert str(W.decode_error({"type": "ZeroDivisionError", "msg": "division by zero"})) == \
+        "ZeroDivisionError: division by zero"
+
+
+def test_find_unserializable_names_the_path():
+    assert W.find_unserializable({"a": [1, {"b": object()}]})[0] == "$.a[1].b"
+    assert W.find_unserializable({"a": 1}) is None
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False) | st.text(max_size=5),
+    lambda c: st.lists(c, max_size=4) | st.dictionaries(st.sampled_from(["t", "id", "n", "jobs", "res", "rets",
+                                                                           "spec", "name", "task", "out", "x"]),
+                                                         c, max_size=5),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=40), max_size=4))
+def test_random_frames_only_ever_raise_wire_protocol_error(msg):
+    for kinds in (W.TO_WORKER, W.TO_COORDINATOR):
+        try:
+            W.decode(msg, kinds)
+        except WireProtocolError:
+            pass
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(sorted(set(W.TO_WORKER) | set(W.TO_COORDINATOR))), json_values)
+def test_random_bodies_only_ever_raise_wire_protocol_error(kind, extra):
+    body = dict(extra) if isinstance(extra, dict) else {"x": extra}
+    body["t"] = kind
+    for kinds in (W.TO_WORKER, W.TO_COORDINATOR):
+        try:
+            W.decode(frames(body), kinds)
+        except WireProtocolError as exc:
+            assert exc.path.startswith("$")
