@@ -68,7 +68,7 @@ class Report:
     def to_dict(self) -> dict[str, Any]:
         return {"scenario": self.scenario, "params": self.params, "machine": machine(),
                 "rows": [r.to_dict() for r in self.rows], "extra": self.extra,
-                "peak_rss_mib": peak_rss_mib(), "peak_rss_children_mib": peak_rss_mib(children=True),
+                "peak_rss_mib": peak_rss_mib(), "peak_rss_largest_child_mib": peak_rss_mib(children=True),
                 "wall_s": time.perf_counter() - self.t0}
 
     def print(self) -> None:
@@ -94,7 +94,7 @@ class Report:
         if not console.is_terminal:
             console = Console(width=160)
         console.print(table)
-        print(f"peak RSS {peak_rss_mib():.0f} MiB (children {peak_rss_mib(children=True):.0f} MiB)")
+        print(f"peak RSS {peak_rss_mib():.0f} MiB (largest child process {peak_rss_mib(children=True):.0f} MiB)")
 
     def _print_plain(self) -> None:
         for r in self.rows:

@@ -10,11 +10,10 @@ import os
 
 
 def peak_rss_mib(children: bool = False) -> float:
-    """Peak resident set size of this process (and, with ``children``, of its reaped children), in MiB."""
-    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    if children:
-        kb += resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return kb / 1024.0
+    """Peak resident set size in MiB: of this process, or (``children=True``) of the
+    largest of its waited-for child processes (Linux ``RUSAGE_CHILDREN`` reports the max, not a sum)."""
+    who = resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF
+    return resource.getrusage(who).ru_maxrss / 1024.0
 
 
 def median(xs: list[float]) -> float:

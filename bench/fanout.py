@@ -1,14 +1,22 @@
-"""Fan-out throughput: N zero-latency agents in one parallel Swarm, against a same-run baseline.
+"""Fan-out throughput: N agents in one parallel Swarm (or a bounded MapReduce), beside same-run baselines.
 
-``--executor process``: carmulti on a ``ProcessExecutor`` against a stdlib
-``concurrent.futures.ProcessPoolExecutor`` with the same worker count and one
-future per agent driven from asyncio (``loop.run_in_executor``).
+``--executor local``: carmulti's in-process executor vs a bare ``asyncio.gather``
+of the same runner coroutine on uvloop. ``--executor process``: carmulti's
+``ProcessExecutor`` vs a stdlib ``concurrent.futures.ProcessPoolExecutor`` with
+the same worker count and one future per agent (``loop.run_in_executor``), and
+vs raw pyzmq DEALER/ROUTER pipelined round trips with the per-agent frame size
+(the transport's ceiling for one message per agent). ``--peers`` adds LangGraph
+(``Send`` fan-out into an ``operator.add`` reducer) for local and Ray (one task
+per agent, ``num_cpus=2``) for process, when ``pip install '.[bench-peers]'``
+is installed.
 
-``--executor local``: carmulti on the in-process ``LocalExecutor`` against a
-bare ``asyncio.gather`` of one coroutine per agent on uvloop.
+``--latency 50ms..500ms`` gives each agent a deterministic latency spread
+uniformly over the range (agent i sleeps ``lo + (hi-lo)*frac(i*phi)``);
+``--concurrency C`` runs a MapReduce with ``max_concurrent=C`` and compares the
+wall time with the ideal ``sum(latency) / C``.
 
-Both sides are warmed up (workers started, runner shipped) before timing; each
-side runs ``--runs`` times and the median agents/s is reported with the ratio.
+``--plot out.png`` sweeps N (``--sweep``), one fresh interpreter per point, and
+draws agents/s and peak RSS against N for ours and the baselines.
 """
 
 from __future__ import annotations
@@ -16,99 +24,316 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
+import math
 import os
 import time
 from typing import Any
 
-import carmulti
-from carmulti import AgentSpec, LocalExecutor, ProcessExecutor, SharedInfra, Swarm
+import orjson
 
-from ._util import machine, median, peak_rss_mib
+import carmulti
+from carmulti import AgentSpec, LocalExecutor, MapReduce, ProcessExecutor, SharedInfra, Swarm
+
+from ._report import Report, Row, add_common_arguments, median
+
+PHI = (math.sqrt(5) - 1) / 2
+
+
+def parse_latency(text: str) -> tuple[float, float]:
+    """``"0"``, ``"50ms"``, ``"0.2s"``, ``"50ms..500ms"`` -> ``(lo_s, hi_s)``.
+
+    Raises:
+        argparse.ArgumentTypeError: unreadable, negative, or lo > hi.
+    """
+    def one(t: str) -> float:
+        t = t.strip()
+        try:
+            if t.endswith("ms"):
+                return float(t[:-2]) / 1000.0
+            if t.endswith("s"):
+                return float(t[:-1])
+            return float(t)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"--latency: cannot read {t!r}; use e.g. 50ms, 0.2s or 50ms..500ms") from None
+
+    lo_t, _, hi_t = text.partition("..")
+    lo = one(lo_t)
+    hi = one(hi_t) if hi_t else lo
+    if lo < 0 or hi < lo:
+        raise argparse.ArgumentTypeError(f"--latency: need 0 <= lo <= hi, got {text!r}")
+    return lo, hi
+
+
+def agent_latency(i: int, lo: float, hi: float) -> float:
+    """Deterministic latency of agent ``i``: a low-discrepancy spread over ``[lo, hi]``."""
+    return lo + (hi - lo) * ((i * PHI) % 1.0)
+
+
+def _index(name: str) -> int:
+    return int(name.rsplit("_", 1)[-1].lstrip("a") or 0)
 
 
 class ZeroRunner:
-    """Answers at once (no model, no sleep): measures pure coordination overhead."""
+    """Answers at once (no model, no sleep): pure coordination overhead."""
 
     async def run(self, spec: AgentSpec, task: str, runtime: Any, mailbox: Any) -> str:
         return "ok"
 
 
-def _baseline_fn(name: str) -> str:
-    return "ok"
+class LatencyRunner:
+    """Sleeps the agent's deterministic latency, then answers."""
+
+    def __init__(self, lo: float, hi: float) -> None:
+        self.lo, self.hi = lo, hi
+
+    async def run(self, spec: AgentSpec, task: str, runtime: Any, mailbox: Any) -> str:
+        await asyncio.sleep(agent_latency(_index(spec.name), self.lo, self.hi))
+        return "ok"
 
 
-async def _zero_coro(name: str) -> str:
-    return "ok"
+def _runner(lo: float, hi: float) -> Any:
+    return ZeroRunner() if hi == 0 else LatencyRunner(lo, hi)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--executor", choices=("process", "local"), default="process",
-                        help="where carmulti runs the agents (default: process)")
-    parser.add_argument("--agents", type=int, default=100_000, help="agents per run (default: 100000)")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                        help="worker processes, for carmulti and the baseline pool (default: cpu count)")
-    parser.add_argument("--runs", type=int, default=3, help="timed runs per side; the median is reported (default: 3)")
-    parser.add_argument("--batch-size", type=int, default=512, help="ProcessExecutor batch_size (default: 512)")
-    parser.add_argument("--no-baseline", action="store_true", help="skip the baseline")
-
-
-async def _carmulti_runs(args: argparse.Namespace, specs: list[AgentSpec]) -> list[float]:
-    if args.executor == "process":
-        executor: Any = ProcessExecutor(workers=args.workers, batch_size=args.batch_size)
-    else:
-        executor = LocalExecutor()
+# -- ours ---------------------------------------------------------------------------------
+async def _ours(n: int, *, executor: str, workers: int, batch_size: int, lo: float, hi: float,
+                concurrency: int | None, repeat: int, warmup: int) -> list[float]:
+    """agents/s of each measured run (a warm-up first ships the runner to the workers)."""
+    ex: Any = ProcessExecutor(workers=workers, batch_size=batch_size) if executor == "process" else LocalExecutor()
+    runner = _runner(lo, hi)
     rates = []
-    runner = ZeroRunner()
-    async with SharedInfra(executor=executor) as infra:
-        await Swarm(specs[:64]).run("warm-up", runner, infra)  # ships the runner and infra to every worker
-        for _ in range(args.runs):
+    async with SharedInfra(executor=ex) as infra:
+        for k in range(warmup + repeat):
             infra.state.replace_all({})
+            m = min(n, 256) if k < warmup else n
             t0 = time.perf_counter()
-            res = await Swarm(specs).run("fan-out", runner, infra)
+            if concurrency is None:
+                specs = [AgentSpec(f"a_{i}") for i in range(m)]
+                res = await Swarm(specs).run("fan-out", runner, infra)
+                outs = res.outputs
+            else:
+                mr = MapReduce(AgentSpec("a"), AgentSpec("reduce"), concurrency)
+                res2 = await mr.run("fan-out", [""] * m, runner, infra)
+                outs = res2.map_outputs
             dt = time.perf_counter() - t0
-            bad = sum(1 for o in res.outputs if not o.succeeded)
-            if bad or len(res.outputs) != len(specs):
-                raise SystemExit(f"carmulti run failed: {bad} failed outputs of {len(res.outputs)}")
-            rates.append(len(specs) / dt)
+            bad = sum(1 for o in outs if not o.succeeded)
+            if bad or len(outs) != m:
+                raise SystemExit(f"carmulti run failed: {bad} failed outputs of {len(outs)}")
+            if k >= warmup:
+                rates.append(m / dt)
     return rates
 
 
-async def _baseline_runs(args: argparse.Namespace, names: list[str]) -> list[float]:
+# -- baselines ------------------------------------------------------------------------------
+async def _gather(n: int, lo: float, hi: float, concurrency: int | None, repeat: int) -> list[float]:
+    runner = _runner(lo, hi)
+    specs = [AgentSpec(f"a_{i}") for i in range(n)]
+    rates = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        if concurrency is None:
+            out = await asyncio.gather(*[runner.run(s, "fan-out", None, None) for s in specs])
+        else:
+            sem = asyncio.Semaphore(concurrency)
+
+            async def one(s: AgentSpec) -> str:
+                async with sem:
+                    return await runner.run(s, "fan-out", None, None)
+
+            out = await asyncio.gather(*[one(s) for s in specs])
+        dt = time.perf_counter() - t0
+        assert len(out) == n
+        rates.append(n / dt)
+    return rates
+
+
+def _ppe_fn(i: int) -> str:
+    return "ok"
+
+
+async def _ppe(n: int, workers: int, repeat: int) -> list[float]:
     loop = asyncio.get_running_loop()
     rates = []
-    if args.executor == "process":
-        with concurrent.futures.ProcessPoolExecutor(max_workers=args.workers) as pool:
-            await asyncio.gather(*[loop.run_in_executor(pool, _baseline_fn, n) for n in names[:64]])  # warm-up
-            for _ in range(args.runs):
-                t0 = time.perf_counter()
-                out = await asyncio.gather(*[loop.run_in_executor(pool, _baseline_fn, n) for n in names])
-                dt = time.perf_counter() - t0
-                assert len(out) == len(names)
-                rates.append(len(names) / dt)
-    else:
-        for _ in range(args.runs):
+    with concurrent.futures.ProcessPoolExecutor(max_workers=workers) as pool:
+        await asyncio.gather(*[loop.run_in_executor(pool, _ppe_fn, i) for i in range(64)])  # warm-up
+        for _ in range(repeat):
             t0 = time.perf_counter()
-            out = await asyncio.gather(*[_zero_coro(n) for n in names])
+            out = await asyncio.gather(*[loop.run_in_executor(pool, _ppe_fn, i) for i in range(n)])
             dt = time.perf_counter() - t0
-            assert len(out) == len(names)
-            rates.append(len(names) / dt)
+            assert len(out) == n
+            rates.append(n / dt)
     return rates
+
+
+def job_frame_bytes() -> int:
+    """Bytes one zero-latency agent costs on our wire (job + result), for the raw-zmq baseline."""
+    job = {"id": 123456, "r": 1, "i": 1, "spec": {"name": "a_123456"}, "task": "fan-out"}
+    res = {"id": 123456, "out": ["a_123456", "ok", 1, 0, 0.0123, None, None, []], "err": None, "dur": 0.0123}
+    return len(orjson.dumps(job)) + len(orjson.dumps(res))
+
+
+def _zmq_echo(endpoint: str) -> None:  # pragma: no cover - child process
+    import zmq
+
+    ctx = zmq.Context()
+    s = ctx.socket(zmq.ROUTER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.setsockopt(zmq.SNDHWM, 0)
+    s.setsockopt(zmq.RCVHWM, 0)
+    s.bind(endpoint)
+    while True:
+        ident, msg = s.recv_multipart()
+        if msg == b"stop":
+            break
+        s.send_multipart([ident, msg])
+    s.close(0)
+    ctx.term()
+
+
+def _raw_zmq(n: int, size: int, repeat: int) -> list[float]:
+    """Pipelined DEALER -> ROUTER echo round trips, one message of ``size`` bytes per agent."""
+    import multiprocessing
+    import tempfile
+
+    import zmq
+
+    tmp = tempfile.mkdtemp(prefix="carmulti-zmq-")
+    endpoint = f"ipc://{tmp}/echo"
+    proc = multiprocessing.get_context("spawn").Process(target=_zmq_echo, args=(endpoint,), daemon=True)
+    proc.start()
+    ctx = zmq.Context()
+    s = ctx.socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.setsockopt(zmq.SNDHWM, 0)
+    s.setsockopt(zmq.RCVHWM, 0)
+    s.connect(endpoint)
+    payload = b"x" * size
+    rates = []
+    try:
+        s.send(payload)  # connection warm-up
+        s.recv()
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            sent = got = 0
+            while got < n:  # keep up to 1000 in flight
+                while sent < n and sent - got < 1000:
+                    s.send(payload)
+                    sent += 1
+                s.recv()
+                got += 1
+            rates.append(n / (time.perf_counter() - t0))
+        s.send(b"stop")
+    finally:
+        s.close(0)
+        ctx.term()
+        proc.join(timeout=10)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+        try:
+            os.unlink(f"{tmp}/echo")
+        except OSError:
+            pass
+        os.rmdir(tmp)
+    return rates
+
+
+# -- sweep points for --plot (each runs in a fresh interpreter, see bench.plot) -------------
+async def point_carmulti_local(n: int) -> float:
+    return (await _ours(n, executor="local", workers=1, batch_size=512, lo=0, hi=0, concurrency=None, repeat=1, warmup=0))[0]
+
+
+async def point_carmulti_process(n: int) -> float:
+    return (await _ours(n, executor="process", workers=os.cpu_count() or 2, batch_size=512, lo=0, hi=0,
+                        concurrency=None, repeat=1, warmup=1))[0]
+
+
+async def point_gather(n: int) -> float:
+    return (await _gather(n, 0, 0, None, 1))[0]
+
+
+async def point_ppe(n: int) -> float:
+    return (await _ppe(n, os.cpu_count() or 2, 1))[0]
+
+
+def _register_points() -> None:
+    from . import plot
+
+    plot.register_system("carmulti local", "bench.fanout:point_carmulti_local", is_async=True)
+    plot.register_system("asyncio.gather", "bench.fanout:point_gather", is_async=True)
+    plot.register_system("carmulti process", "bench.fanout:point_carmulti_process", is_async=True, warmup_n=0)
+    plot.register_system("ProcessPoolExecutor", "bench.fanout:point_ppe", is_async=True, warmup_n=0)
+
+
+# -- CLI --------------------------------------------------------------------------------------
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--executor", choices=("local", "process"), default="local", help="where carmulti runs the agents (default local)")
+    p.add_argument("--agents", type=int, default=100_000, help="agents per run (default 100000)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="worker processes (ours and the pool baseline; default: cpu count)")
+    p.add_argument("--latency", type=parse_latency, default=(0.0, 0.0), metavar="LO[..HI]",
+                   help="per-agent latency, e.g. 50ms..500ms (default 0)")
+    p.add_argument("--concurrency", type=int, default=None,
+                   help="run a MapReduce with max_concurrent=C instead of one parallel Swarm")
+    p.add_argument("--batch-size", type=int, default=512, help="ProcessExecutor batch_size (default 512)")
+    p.add_argument("--peers", action="store_true", help="also LangGraph (local) / Ray (process): pip install '.[bench-peers]'")
+    p.add_argument("--plot", metavar="PNG", default=None, help="sweep N and draw agents/s and peak RSS against N")
+    p.add_argument("--sweep", default="1000,10000,100000", help="N values for --plot (default 1000,10000,100000)")
+    add_common_arguments(p)
 
 
 def main(args: argparse.Namespace) -> int:
-    n = args.agents
-    specs = [AgentSpec(f"a{i}") for i in range(n)]
-    names = [s.name for s in specs]
-    label = (f"carmulti Swarm on ProcessExecutor(workers={args.workers})" if args.executor == "process"
-             else "carmulti Swarm on LocalExecutor")
-    base_label = (f"stdlib ProcessPoolExecutor(max_workers={args.workers}), one future per agent via run_in_executor"
-                  if args.executor == "process" else "bare asyncio.gather on uvloop, one coroutine per agent")
-    print(f"fanout: {n} zero-latency agents, {args.runs} runs per side, machine {machine()}")
-    ours = carmulti.run(_carmulti_runs(args, specs))
-    print(f"  {label}: median {median(ours):,.0f} agents/s  (runs: {', '.join(f'{r:,.0f}' for r in ours)})")
-    if args.no_baseline:
-        return 0
-    base = carmulti.run(_baseline_runs(args, names))
-    print(f"  {base_label}: median {median(base):,.0f} agents/s  (runs: {', '.join(f'{r:,.0f}' for r in base)})")
-    print(f"  ratio carmulti / baseline: {median(ours) / median(base):.2f}x   peak RSS {peak_rss_mib():.0f} MiB")
-    return 0
+    n, lo, hi = args.agents, args.latency[0], args.latency[1]
+    conc = args.concurrency
+    shape = f"MapReduce(max_concurrent={conc})" if conc else "parallel Swarm"
+    report = Report("fanout", {"executor": args.executor, "agents": n, "workers": args.workers if args.executor == "process" else None,
+                               "latency_s": [lo, hi], "pattern": shape, "repeat": args.repeat})
+    ours = carmulti.run(_ours(n, executor=args.executor, workers=args.workers, batch_size=args.batch_size, lo=lo, hi=hi,
+                              concurrency=conc, repeat=args.repeat, warmup=args.warmup))
+    label = f"carmulti {shape}, {args.executor}"
+    if hi > 0:
+        total = sum(agent_latency(i, lo, hi) for i in range(n))
+        width = conc if conc else n
+        ideal = total / min(width, n)
+        walls = [n / r for r in ours]
+        report.add(Row(f"{label}: wall / ideal (sum latency / concurrency)", median(walls) / ideal, "x", runs=[w / ideal for w in walls],
+                       note=f"ideal {ideal:.2f} s; target <= 1.1"))
+        report.extra.update({"ideal_wall_s": ideal, "walls_s": walls})
+        base = carmulti.run(_gather(n, lo, hi, conc, args.repeat))
+        report.add(Row(label, median(ours), "agents/s", median(base), "asyncio.gather (+Semaphore)", ours, base))
+        return report.finish(args.json)
+    if args.executor == "local":
+        base = carmulti.run(_gather(n, 0, 0, conc, args.repeat))
+        report.add(Row(label, median(ours), "agents/s", median(base), "bare asyncio.gather on uvloop", ours, base, target=0.5))
+        if args.peers:
+            from . import peers
+
+            lg = [carmulti.run(peers.langgraph_send_fanout(n)) for _ in range(args.repeat)]
+            report.add(Row(label, median(ours), "agents/s", median(lg), "LangGraph Send + operator.add", ours, lg, target=20.0))
+    else:
+        base = carmulti.run(_ppe(n, args.workers, args.repeat))
+        report.add(Row(label, median(ours), "agents/s", median(base), f"ProcessPoolExecutor({args.workers}), future per agent",
+                       ours, base, target=5.0))
+        size = job_frame_bytes()
+        raw = _raw_zmq(n, size, args.repeat)
+        report.add(Row(label, median(ours), "agents/s", median(raw), f"raw pyzmq DEALER/ROUTER, {size} B round trips", ours, raw))
+        if args.peers:
+            from . import peers
+
+            try:
+                ray = [peers.ray_tasks_fanout(n) for _ in range(args.repeat)]
+            finally:
+                peers.shutdown_ray()
+            report.add(Row(label, median(ours), "agents/s", median(ray), "Ray tasks, num_cpus=2", ours, ray, target=25.0))
+    if args.plot:
+        from . import plot
+
+        _register_points()
+        systems = ["carmulti local", "asyncio.gather"] if args.executor == "local" else ["carmulti process", "ProcessPoolExecutor"]
+        if args.peers:
+            systems.append("LangGraph Send" if args.executor == "local" else "Ray tasks")
+        ns = [int(x) for x in args.sweep.split(",") if x.strip()]
+        rows = plot.sweep(systems, ns)
+        plot.plot_sweep(rows, args.plot)
+        report.extra["sweep"] = rows
+        print(f"wrote {args.plot}")
+    return report.finish(args.json)

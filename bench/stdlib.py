@@ -174,6 +174,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--root", default=None, help="directory to scan instead of the stdlib")
     p.add_argument("--limit", type=int, default=None, help="only the first N files (smoke runs)")
     p.add_argument("--concurrency", type=int, default=64, help="mappers running at once (default 64)")
+    p.add_argument("--executor", choices=("local", "process"), default="local", help="where mappers run (default local)")
+    p.add_argument("--workers", type=int, default=2, help="worker processes for --executor process (default 2)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -181,13 +183,16 @@ def main(args: argparse.Namespace) -> int:
     if args.limit is not None:
         files = files[: args.limit]
     print(f"stdlib MapReduce: {len(files)} files under {args.root or sysconfig.get_paths()['stdlib']}, "
-          f"concurrency {args.concurrency}, executor local")
-    totals, elapsed = carmulti.run(run_mapreduce(files, max_concurrent=args.concurrency))
+          f"concurrency {args.concurrency}, executor {args.executor}"
+          + (f" ({args.workers} workers)" if args.executor == "process" else ""))
+    executor = carmulti.ProcessExecutor(workers=args.workers) if args.executor == "process" else None
+    totals, elapsed = carmulti.run(run_mapreduce(files, max_concurrent=args.concurrency, executor=executor))
     agents = len(files) + 1
     print(f"agents      {agents}  (mappers {len(files)} + reducer 1)")
     print(f"elapsed     {elapsed:.2f} s")
     print(f"agents/s    {agents / elapsed:,.0f}")
-    print(f"peak RSS    {peak_rss_mib():.0f} MiB")
+    print(f"peak RSS    {peak_rss_mib():.0f} MiB" + (f" (largest worker {peak_rss_mib(children=True):.0f} MiB)"
+                                                       if args.executor == "process" else ""))
     print("totals      " + "  ".join(f"{k}={totals[k]}" for k in TOTAL_KEYS))
     t0 = time.perf_counter()
     expected = direct_totals(files)
