@@ -307,6 +307,8 @@ def main(args: argparse.Namespace) -> int:
         if args.peers:
             from . import peers
 
+            for _ in range(args.warmup):
+                carmulti.run(peers.langgraph_send_fanout(min(n, 256)))
             lg = [carmulti.run(peers.langgraph_send_fanout(n)) for _ in range(args.repeat)]
             report.add(Row(label, median(ours), "agents/s", median(lg), "LangGraph Send + operator.add", ours, lg, target=20.0))
     else:
@@ -320,6 +322,8 @@ def main(args: argparse.Namespace) -> int:
             from . import peers
 
             try:
+                for _ in range(args.warmup):
+                    peers.ray_tasks_fanout(min(n, 256))
                 ray = [peers.ray_tasks_fanout(n) for _ in range(args.repeat)]
             finally:
                 peers.shutdown_ray()
