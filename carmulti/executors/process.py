@@ -49,7 +49,6 @@ from __future__ import annotations
 import asyncio
 import atexit
 import collections
-import gc
 import logging
 import os
 import shutil
@@ -69,7 +68,7 @@ from ..mailbox import Inbox, Mailbox
 from ..types import AgentOutput, TokenAccounting
 from . import _wire as W
 from ._worker import dec_value, enc_value
-from .base import AgentJob, AgentRun
+from .base import GC_RELAX_AT, AgentJob, AgentRun, gc_relax, gc_restore
 
 if TYPE_CHECKING:
     from ..infra import SharedInfra
@@ -552,14 +551,14 @@ class ProcessExecutor:
         if not self._running:
             await self.start()
         self._check_usable()
-        big = len(jobs) >= _GC_RELAX_AT
+        big = len(jobs) >= GC_RELAX_AT
         if big:
-            _gc_relax()
+            gc_relax()
         try:
             return await self._run_batch(runner, jobs, infra)
         finally:
             if big:
-                _gc_restore()
+                gc_restore()
 
     async def _run_batch(self, runner: "AgentRunner", jobs: Sequence[AgentJob], infra: "SharedInfra") -> list[AgentRun]:
         fut = self._loop.create_future()  # type: ignore[union-attr]
@@ -1258,36 +1257,6 @@ def _safe_ret(r: dict[str, Any]) -> dict[str, Any]:
         return {"rid": r["rid"], "err": {"type": "ToolError",
                                          "msg": f"SerializationError: the tool result cannot be sent to the worker: "
                                                 f"{bad[0]}: {bad[1]}"}}
-
-
-#: Batches at least this large raise the GC thresholds while they run (see ``_gc_relax``).
-_GC_RELAX_AT = 1000
-_gc_depth = 0
-_gc_saved: tuple[int, int, int] = (700, 10, 10)
-
-
-def _gc_relax() -> None:
-    """Raise the cyclic GC's thresholds while a big batch runs.
-
-    A 100k-agent fan-out allocates millions of short-lived acyclic objects
-    (frames, dicts, outputs); with the default threshold (700) the collector
-    runs thousands of times and rescans every live object in the oldest
-    generation, which measured ~10-15% of the coordinator's time. Nested
-    batches share one saved setting; the last one restores it.
-    """
-    global _gc_depth, _gc_saved
-    if _gc_depth == 0:
-        _gc_saved = gc.get_threshold()  # type: ignore[assignment]
-        t0, t1, t2 = _gc_saved
-        gc.set_threshold(max(t0, 100_000), max(t1, 50), max(t2, 100))
-    _gc_depth += 1
-
-
-def _gc_restore() -> None:
-    global _gc_depth
-    _gc_depth -= 1
-    if _gc_depth == 0:
-        gc.set_threshold(*_gc_saved)
 
 
 _DIR_PREFIX = "carmulti-zmq-"
