@@ -13,8 +13,9 @@ knows ("LangGraph Send", "Ray tasks"); another scenario adds its own with
 ``register_system`` (the spec travels to the child on its command line, so a
 registration made at run time in the parent is enough).
 
-Memory per point: ``ru_maxrss`` of the child itself (exact for single-process
-systems), of its largest reaped descendant, and -- with psutil -- the sampled
+Memory per point: the peak RSS of the child itself (``VmHWM``; not ``ru_maxrss``,
+which Linux carries over from the parent across fork+exec), ``ru_maxrss`` of its
+largest reaped descendant, and -- with psutil -- the sampled
 peak (every 20 ms) of the summed RSS of the child and all its live descendants,
 which is what a multi-process system (Ray, a process pool) costs. ``peak_rss_mib``
 is the largest of these: the sum over processes counts shared pages once per
@@ -116,6 +117,18 @@ def _load(target: str) -> Any:
     return getattr(importlib.import_module(mod), attr)
 
 
+def _vm_hwm_mib() -> float | None:
+    """This process's peak RSS (``VmHWM`` in /proc/self/status), in MiB; None off Linux."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        return None
+    return None
+
+
 def _child_main(spec: dict[str, Any], n: int) -> None:
     """In the fresh interpreter: warm up, run once at ``n``, tear down, print the JSON row."""
     import importlib.util
@@ -169,7 +182,11 @@ def _child_main(spec: dict[str, Any], n: int) -> None:
         extra["ray_setup_s"] = dict(RAY_TIMINGS)
     if s.teardown:
         _load(s.teardown)()
-    rss_self = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    # Not ru_maxrss for ourselves: Linux keeps the pre-exec maximum across fork+exec, so a
+    # child of a big parent would report the parent's size. VmHWM belongs to this image only.
+    rss_self = _vm_hwm_mib()
+    if rss_self is None:
+        rss_self = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     rss_kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
     tree = tree_peak[0] or None
     peak = max(rss_self, tree) if tree else rss_self + rss_kids  # without psutil: self + largest child

@@ -20,7 +20,9 @@ Every error carmulti raises on purpose derives from :class:`carcore.CarError`::
                ├── PoolAtCapacity          ``agent pool at capacity ({running}/{max})``
                ├── SupervisorGaveUp        process executor: too many worker restarts (restart intensity)
                ├── ToolError               a tool call failed (message becomes the action's error)
-               └── WireProtocolError       a malformed frame between coordinator and worker
+               ├── WireProtocolError       a malformed frame between coordinator and worker
+               ├── WorkspaceError          a workspace could not be provisioned
+               └── LLMRunnerError          a model call failed (carmulti.runners: model, endpoint, HTTP status)
 
 The display texts in the right-hand column are the Rust crate's (car-multi
 ``error.rs``, spec table 2.5) and are part of the contract: tests and downstream
@@ -56,6 +58,7 @@ __all__ = [
     "ToolError",
     "UnknownSpecialist",
     "WireProtocolError",
+    "WorkspaceError",
 ]
 
 
@@ -280,3 +283,7 @@ class WireProtocolError(MultiError):
         self.path = path
         self.msg = msg
         super().__init__(f"wire protocol error at `{path}`: {msg}")
+
+
+class WorkspaceError(MultiError):
+    """A workspace could not be provisioned (the message says why and how to fix it)."""

@@ -21,17 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from .errors import MultiError
+from .errors import WorkspaceError
 from .types import AgentSpec
 
 __all__ = ["WORKSPACE_METADATA_KEY", "AgentWorkspace", "WorkspaceConfig", "WorkspaceError", "WorkspaceMode"]
 
 #: ``AgentSpec.metadata`` key under which the workspace path is advertised.
 WORKSPACE_METADATA_KEY = "workspace"
-
-
-class WorkspaceError(MultiError):
-    """A workspace could not be provisioned (the message says why and how to fix it)."""
 
 
 class WorkspaceMode(str, enum.Enum):

@@ -116,3 +116,15 @@ async def task_leak_check():
     for t in pending:
         t.cancel()
     pytest.fail(f"asyncio tasks left pending: {names}", pytrace=False)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """llama-cpp-python opens two ``/dev/null`` files at import and never closes them, which
+    prints a ResourceWarning at interpreter exit; close them once the tests are done."""
+    import sys
+
+    utils = sys.modules.get("llama_cpp._utils")
+    for name in ("outnull_file", "errnull_file"):
+        f = getattr(utils, name, None)
+        if f is not None and not f.closed:
+            f.close()

@@ -7,6 +7,7 @@ import json
 import math
 from typing import Any, Mapping
 
+from ..errors import MultiError
 from ..runtime import ActionResult
 from ..types import AgentSpec, TokenAccounting
 
@@ -46,7 +47,7 @@ def require(module: str, feature: str) -> Any:
                           f"{INSTALL_HINT}") from exc
 
 
-class LLMRunnerError(RuntimeError):
+class LLMRunnerError(MultiError):
     """A model call failed (HTTP error, timeout, connection, bad response).
 
     ``str(exc)`` names the model, the endpoint and, for HTTP errors, the status;
