@@ -49,18 +49,6 @@ def main(cfg: dict[str, Any]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the coordinator, which stops us
     import uvloop
 
-    prof = os.environ.get("CARMULTI_WORKER_PROFILE")
-    if prof:  # development aid: profile this worker, dump stats to {prof}.{pid}
-        import cProfile
-
-        pr = cProfile.Profile()
-        pr.enable()
-        try:
-            uvloop.run(_Worker(cfg).main())
-        finally:
-            pr.disable()
-            pr.dump_stats(f"{prof}.{os.getpid()}")
-        return
     uvloop.run(_Worker(cfg).main())
 
 
