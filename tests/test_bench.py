@@ -78,3 +78,58 @@ def test_scenarios_run_at_small_n_and_write_json(tmp_path: Path, argv: list[str]
     for r in data["rows"]:
         if r["baseline"] is not None:
             assert r["ratio"] == pytest.approx(r["value"] / r["baseline"])
+
+
+def _bench(tmp_path: Path, *argv: str) -> tuple[str, dict]:
+    out = tmp_path / "out.json"
+    proc = subprocess.run([sys.executable, "-m", "bench", *argv, "--json", str(out)], capture_output=True, text=True,
+                          timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout, orjson.loads(out.read_bytes())
+
+
+def test_fanout_local_with_langgraph_peer_and_plot(tmp_path: Path) -> None:
+    png = tmp_path / "sweep.png"
+    stdout, data = _bench(tmp_path, "fanout", "--agents", "300", "--repeat", "1", "--peers", "--plot", str(png),
+                          "--sweep", "100,200")
+    names = [r["baseline_name"] for r in data["rows"]]
+    assert names == ["bare asyncio.gather on uvloop", "LangGraph Send + operator.add"]
+    assert all(r["value"] > 0 and r["baseline"] > 0 for r in data["rows"])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    sweep = data["extra"]["sweep"]
+    assert {(r["system"], r["n"]) for r in sweep} == {(s, n) for s in ("carmulti local", "asyncio.gather", "LangGraph Send")
+                                                       for n in (100, 200)}
+    assert all(r["agents_per_s"] > 0 and r["peak_rss_mib"] > 0 for r in sweep)
+
+
+def test_fanout_process_against_pool_and_raw_zmq(tmp_path: Path) -> None:
+    _, data = _bench(tmp_path, "fanout", "--executor", "process", "--workers", "2", "--agents", "500", "--repeat", "1")
+    names = [r["baseline_name"] for r in data["rows"]]
+    assert names[0].startswith("ProcessPoolExecutor(2)") and names[1].startswith("raw pyzmq DEALER/ROUTER")
+    assert data["rows"][0]["target_ratio"] == 5.0
+
+
+def test_fanout_latency_mode_reports_wall_against_ideal(tmp_path: Path) -> None:
+    from bench import fanout
+
+    _, data = _bench(tmp_path, "fanout", "--agents", "200", "--latency", "5ms..20ms", "--concurrency", "50",
+                     "--repeat", "1", "--warmup", "0")
+    ideal = sum(fanout.agent_latency(i, 0.005, 0.020) for i in range(200)) / 50
+    assert data["extra"]["ideal_wall_s"] == pytest.approx(ideal)
+    ratio = data["rows"][0]
+    assert ratio["unit"] == "x" and ratio["value"] >= 1.0  # no schedule beats the ideal
+
+
+def test_parse_latency_forms_and_errors() -> None:
+    import argparse
+
+    from bench.fanout import agent_latency, parse_latency
+
+    assert parse_latency("0") == (0.0, 0.0)
+    assert parse_latency("50ms..500ms") == (0.05, 0.5)
+    assert parse_latency("0.2s") == (0.2, 0.2)
+    for bad in ("fast", "500ms..50ms", "-1"):
+        with pytest.raises(argparse.ArgumentTypeError, match="--latency"):
+            parse_latency(bad)
+    lats = [agent_latency(i, 0.05, 0.5) for i in range(1000)]
+    assert min(lats) >= 0.05 and max(lats) <= 0.5 and abs(sum(lats) / 1000 - 0.275) < 0.01
