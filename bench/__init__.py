@@ -10,12 +10,12 @@ from __future__ import annotations
 SCENARIOS: dict[str, str] = {
     # name -> module (imported lazily so one scenario's extras never break another)
     "stdlib": "bench.stdlib",
-    "core": "bench.core",
+    "fanout": "bench.fanout",
     "mapreduce": "bench.mapreduce",
     "rounds": "bench.rounds",
     "mailbox": "bench.mailbox",
+    "core": "bench.core",
     "llm": "bench.llm",
-    "fanout": "bench.fanout",
 }
 
 DEFAULT_SCENARIO = "stdlib"

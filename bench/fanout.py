@@ -70,7 +70,9 @@ def agent_latency(i: int, lo: float, hi: float) -> float:
 
 
 def _index(name: str) -> int:
-    return int(name.rsplit("_", 1)[-1].lstrip("a") or 0)
+    """Agent ``a_17`` -> 17; names without an index (the reducer) -> 0."""
+    tail = name.rsplit("_", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
 
 
 class ZeroRunner:

@@ -2,7 +2,14 @@
 
 In-process: two agents of a parallel Swarm bounce a message ``--n`` times
 through a :class:`carmulti.Mailbox`; the baseline bounces it through two bare
-``asyncio.Queue`` objects. Figures are round trips per second.
+``asyncio.Queue`` objects.
+
+Across processes: the same two agents on a ``ProcessExecutor(workers=2)``;
+their mailbox lives in the coordinator, which brokers every message (worker ->
+coordinator -> worker). The baseline is two bare processes bouncing an int
+over a ``multiprocessing.Pipe`` (direct, no broker, no agents).
+
+Figures are round trips per second.
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ import time
 from typing import Any
 
 import carmulti
-from carmulti import AgentOutput, AgentSpec, Mailbox, Message, SharedInfra, Swarm
+from carmulti import AgentOutput, AgentSpec, Mailbox, Message, ProcessExecutor, SharedInfra, Swarm
 
 from ._report import Report, Row, add_common_arguments, median
 
@@ -47,8 +54,10 @@ async def _ready(mailbox: Mailbox, name: str) -> None:
         await asyncio.sleep(0)
 
 
-async def _ours(n: int) -> float:
-    async with SharedInfra() as infra:
+async def _ours(n: int, workers: int = 0) -> float:
+    async with SharedInfra(executor=ProcessExecutor(workers=workers) if workers else None) as infra:
+        if workers:
+            await infra.start()
         t0 = time.perf_counter()
         res = await Swarm([AgentSpec("ping"), AgentSpec("pong")]).run("ping-pong", PingPongRunner(2 * n), infra)
         dt = time.perf_counter() - t0
@@ -81,16 +90,56 @@ async def _baseline(n: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
+def _pipe_child(conn, n: int) -> None:  # pragma: no cover - child process
+    while True:
+        v = conn.recv()
+        conn.send(v + 1)
+        if v + 1 >= 2 * n:
+            return
+
+
+def _pipe_baseline(n: int) -> float:
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    a, b = ctx.Pipe()
+    proc = ctx.Process(target=_pipe_child, args=(b, n))
+    proc.start()
+    try:
+        a.send(-1)  # warm-up: the child is up once it answers
+        a.recv()
+        t0 = time.perf_counter()
+        v = 0
+        a.send(v)
+        while True:
+            v = a.recv()
+            if v >= 2 * n - 1:
+                break
+            a.send(v + 1)
+        return n / (time.perf_counter() - t0)
+    finally:
+        proc.join(timeout=10)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--n", type=int, default=20_000, help="round trips per measured run (default 20000)")
+    p.add_argument("--n", type=int, default=20_000, help="round trips per measured run, in-process (default 20000)")
+    p.add_argument("--n-process", type=int, default=2_000, help="round trips per measured run across processes (default 2000)")
     add_common_arguments(p)
 
 
 def main(args: argparse.Namespace) -> int:
-    report = Report("mailbox", {"n": args.n, "repeat": args.repeat})
+    report = Report("mailbox", {"n": args.n, "n_process": args.n_process, "repeat": args.repeat})
     for _ in range(args.warmup):
         carmulti.run(_ours(max(1, args.n // 10)))
     ours = [carmulti.run(_ours(args.n)) for _ in range(args.repeat)]
     base = [carmulti.run(_baseline(args.n)) for _ in range(args.repeat)]
     report.add(Row("ping-pong in-process", median(ours), "round trips/s", median(base), "2 asyncio.Queue", ours, base))
+    m = args.n_process
+    ours_p = [carmulti.run(_ours(m, workers=2)) for _ in range(args.repeat)]
+    base_p = [_pipe_baseline(m) for _ in range(args.repeat)]
+    report.add(Row("ping-pong across processes (brokered)", median(ours_p), "round trips/s", median(base_p),
+                   "2 processes, multiprocessing.Pipe", ours_p, base_p))
     return report.finish(args.json)

@@ -63,7 +63,7 @@ async def test_mapreduce_totals_match_the_direct_loop(tmp_path: Path) -> None:
     (["core", "--n", "2000", "--budget-ops", "2000", "--repeat", "1", "--warmup", "0"], "budget reserve, 2 processes"),
     (["mapreduce", "--items", "3000", "--reduce-fan-in", "16", "--concurrency", "50"], "total checked: OK"),
     (["rounds", "--n", "20", "--repeat", "1", "--warmup", "0"], "Supervisor 4 workers x 3 rounds"),
-    (["mailbox", "--n", "200", "--repeat", "1", "--warmup", "0"], "ping-pong in-process"),
+    (["mailbox", "--n", "200", "--n-process", "50", "--repeat", "1", "--warmup", "0"], "ping-pong across processes"),
 ])
 def test_scenarios_run_at_small_n_and_write_json(tmp_path: Path, argv: list[str], expect: str) -> None:
     out = tmp_path / "out.json"
