@@ -34,7 +34,7 @@ from .errors import (
     UnknownSpecialist,
     WireProtocolError,
 )
-from .executors import AgentJob, AgentRun, Executor, LocalExecutor, ProcessExecutor
+from .executors import IDEMPOTENT_METADATA_KEY, AgentJob, AgentRun, Executor, LocalExecutor, ProcessExecutor
 from .infra import SharedInfra
 from .isolation import AgentContext, TaskScope
 from .mailbox import Inbox, Mailbox
@@ -108,6 +108,7 @@ __all__ = [
     "DelegatorResult",
     "Executor",
     "FailureBehavior",
+    "IDEMPOTENT_METADATA_KEY",
     "Inbox",
     "LocalExecutor",
     "LogCorruptedError",

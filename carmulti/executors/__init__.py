@@ -1,7 +1,7 @@
 """Where agents run: in-process (:class:`LocalExecutor`) or in worker processes (:class:`ProcessExecutor`)."""
 
-from .base import AgentJob, AgentRun, Executor
+from .base import IDEMPOTENT_METADATA_KEY, AgentJob, AgentRun, Executor
 from .local import LocalExecutor
 from .process import ProcessExecutor
 
-__all__ = ["AgentJob", "AgentRun", "Executor", "LocalExecutor", "ProcessExecutor"]
+__all__ = ["IDEMPOTENT_METADATA_KEY", "AgentJob", "AgentRun", "Executor", "LocalExecutor", "ProcessExecutor"]

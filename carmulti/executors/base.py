@@ -32,7 +32,12 @@ if TYPE_CHECKING:
     from ..runner import AgentRunner
     from ..runtime import ToolExecutor
 
-__all__ = ["AgentJob", "AgentRun", "Executor", "GC_RELAX_AT", "coerce_output", "gc_relax", "gc_restore"]
+__all__ = ["IDEMPOTENT_METADATA_KEY", "AgentJob", "AgentRun", "Executor", "GC_RELAX_AT", "coerce_output", "gc_relax",
+           "gc_restore"]
+
+#: ``AgentSpec.metadata`` key: ``True`` declares the agent safe to run twice, so an
+#: executor may re-run it after losing it to a crashed worker (``ProcessExecutor``).
+IDEMPOTENT_METADATA_KEY = "idempotent"
 
 #: Batches at least this large raise the GC thresholds while they run (see ``gc_relax``).
 GC_RELAX_AT = 1000

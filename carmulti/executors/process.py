@@ -36,7 +36,9 @@ Design (see ``ARCHITECTURE.md``):
   backpressure, ``MailboxFull`` and ``MailboxSend`` behave exactly as
   in-process. Nothing is dropped silently.
 * **Faults.** A dead worker (e.g. ``kill -9``) fails the agents it held with
-  ``worker {pid} died (SIGKILL) while running this agent`` and is replaced;
+  ``worker {pid} died (SIGKILL) while running this agent`` (at-most-once) and
+  is replaced; agents declared idempotent (``metadata={"idempotent": True}``)
+  are re-run on another worker instead, up to ``idempotent_retries`` times;
   more than ``max_restarts`` restarts within ``restart_period_s`` stop the
   pool with :class:`~carmulti.SupervisorGaveUp` (OTP restart intensity). At
   ``infra.agent_timeout_s`` the worker cancels the runner (``timeout after
@@ -68,7 +70,7 @@ from ..mailbox import Inbox, Mailbox
 from ..types import AgentOutput, TokenAccounting
 from . import _wire as W
 from ._worker import dec_value, enc_value
-from .base import GC_RELAX_AT, AgentJob, AgentRun, gc_relax, gc_restore
+from .base import GC_RELAX_AT, IDEMPOTENT_METADATA_KEY, AgentJob, AgentRun, gc_relax, gc_restore
 
 if TYPE_CHECKING:
     from ..infra import SharedInfra
@@ -99,7 +101,7 @@ class _P:
     """One job in flight (coordinator side)."""
 
     __slots__ = ("id", "job", "infra", "runner", "worker", "fut", "batch", "slot", "deadline", "tasks", "objs",
-                 "sent_at", "done", "unsent")
+                 "sent_at", "done", "unsent", "attempts")
 
     def __init__(self, jid: int, job: AgentJob, infra: "SharedInfra", runner: Any) -> None:
         self.id = jid
@@ -116,6 +118,7 @@ class _P:
         self.sent_at = 0.0
         self.done = False
         self.unsent = True
+        self.attempts = 1
 
 
 class _Batch:
@@ -216,6 +219,11 @@ class ProcessExecutor:
         max_frame_bytes: Largest frame body accepted, in bytes.
         gc_freeze: Freeze start-up objects in workers (``gc.freeze``) so the
             cyclic GC does not rescan them on every collection.
+        idempotent_retries: How many times an agent whose spec says
+            ``metadata={"idempotent": True}`` is re-run on another worker after
+            its worker died under it (at-least-once for such agents; every other
+            agent is at-most-once and gets an error output naming the worker's
+            pid and signal). Exceptions and timeouts are never retried.
 
     Raises:
         ValueError: a bad argument (``workers < 1``, ``start_method="fork"`` or
@@ -236,7 +244,8 @@ class ProcessExecutor:
                  restart_period_s: float = 10.0, cancel_grace_s: float = 1.0, batch_size: int = 512,
                  max_inflight_per_worker: int = 8192, hwm: int = 10_000, startup_timeout_s: float = 60.0,
                  shutdown_timeout_s: float = 2.0, rpc_timeout_s: float = 60.0,
-                 max_frame_bytes: int = W.DEFAULT_MAX_FRAME_BYTES, gc_freeze: bool = True) -> None:
+                 max_frame_bytes: int = W.DEFAULT_MAX_FRAME_BYTES, gc_freeze: bool = True,
+                 idempotent_retries: int = 2) -> None:
         if workers is None:
             workers = os.cpu_count() or 1
         if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
@@ -257,6 +266,9 @@ class ProcessExecutor:
                 raise ValueError(f"ProcessExecutor {name} must be an int >= 1, got {v!r}")
         if not isinstance(max_restarts, int) or isinstance(max_restarts, bool) or max_restarts < 0:
             raise ValueError(f"ProcessExecutor max_restarts must be an int >= 0, got {max_restarts!r}")
+        if not isinstance(idempotent_retries, int) or isinstance(idempotent_retries, bool) or idempotent_retries < 0:
+            raise ValueError(f"ProcessExecutor idempotent_retries must be an int >= 0, got {idempotent_retries!r}")
+        self.idempotent_retries = idempotent_retries
         self.workers = workers
         self.start_method = start_method
         self.max_restarts = max_restarts
@@ -1183,8 +1195,14 @@ class ProcessExecutor:
                 continue
             if p.id == w.stuck_job:
                 err = f"timeout after {p.infra.agent_timeout_s}s"
+            elif (p.attempts <= self.idempotent_retries and not self._closing
+                  and p.job.spec.metadata.get(IDEMPOTENT_METADATA_KEY) is True):
+                self._requeue_lost(p, reason)  # at-least-once, for agents declared idempotent
+                continue
             else:
                 err = f"{reason} while running this agent"
+                if p.attempts > 1:
+                    err += f" (attempt {p.attempts}; idempotent retries exhausted)"
             self._resolve(p, AgentRun(None, err, (now - p.sent_at) * 1000.0))
         w.inflight.clear()
         w.out.clear()
@@ -1207,6 +1225,30 @@ class ProcessExecutor:
             self._give_up()
             return
         self._pump()
+
+    def _requeue_lost(self, p: _P, reason: str) -> None:
+        """Run a job lost with its worker again, elsewhere (idempotent agents only).
+
+        Its results never reached the coordinator, so none of its state writes
+        were applied; events it sent before the crash stay in the log.
+        """
+        log.warning("ProcessExecutor: re-running idempotent agent %r (attempt %d) after: %s",
+                    p.job.spec.name, p.attempts + 1, reason)
+        if p.deadline is not None:
+            p.deadline.cancel()
+            p.deadline = None
+        if p.tasks:
+            for t in p.tasks:
+                t.cancel()
+            p.tasks = None
+        if p.objs:
+            for oid in p.objs:
+                self._unref(oid)
+            p.objs = None
+        p.attempts += 1
+        p.worker = None
+        p.unsent = True
+        self._queue.appendleft(p)
 
     def _give_up(self) -> None:
         causes = list(self._causes[-(self.max_restarts + 1):])

@@ -212,3 +212,65 @@ async def test_aclose_with_agents_in_flight_leaves_nothing_behind():
     res = await task
     assert all(o.error == "executor closed while this agent was running" for o in res.outputs)
     assert ex.pids == [] and not ex.running
+
+
+class CrashOnceRunner:
+    """Appends its pid to ``metadata["log"]``; SIGKILLs its own worker on the first ``crashes`` attempts."""
+
+    async def run(self, spec: AgentSpec, task: str, runtime: Any, mailbox: Any) -> Any:
+        log = pathlib.Path(spec.metadata["log"])
+        with log.open("a") as f:
+            f.write(f"{os.getpid()}\n")
+        if len(log.read_text().split()) <= spec.metadata.get("crashes", 1):
+            os.kill(os.getpid(), signal.SIGKILL)
+            await asyncio.sleep(60)
+        return f"{spec.name} done"
+
+
+async def test_idempotent_agent_lost_with_its_worker_runs_again_elsewhere(tmp_path):
+    """R2: kill -9 under an agent declared idempotent: exactly one crashed and one finished attempt."""
+    log = tmp_path / "attempts"
+    ex = ProcessExecutor(workers=2)
+    async with SharedInfra(executor=ex) as infra:
+        other_log = tmp_path / "other"
+        agents = [AgentSpec("safe", metadata={"idempotent": True, "log": str(log)}),
+                  AgentSpec("other", metadata={"log": str(other_log), "crashes": 0})]
+        res = await asyncio.wait_for(Swarm(agents).run("t", CrashOnceRunner(), infra), 30)
+    pids = log.read_text().split()
+    assert len(pids) == 2 and pids[0] != pids[1]  # ran twice, the second time in another worker process
+    assert res.outputs[0].succeeded and res.outputs[0].answer == "safe done"
+    # "other" (not idempotent) either finished or shared the killed worker: then it failed, at most once
+    other = res.outputs[1]
+    assert other.succeeded or other.error.endswith("died (SIGKILL) while running this agent")
+    runs = len(other_log.read_text().split()) if other_log.exists() else 0  # lost before it started: 0
+    assert runs == 1 if other.succeeded else runs <= 1
+    assert ex.restarts == 1
+    assert infra.state.get("agent.safe.answer") == "safe done"
+    assert infra.budget.snapshot().agents_started == 2  # the retry is the same agent: no second budget slot
+
+
+async def test_idempotent_retries_are_bounded_and_named_in_the_error(tmp_path):
+    log = tmp_path / "attempts"
+    ex = ProcessExecutor(workers=1, idempotent_retries=1, max_restarts=5)
+    async with SharedInfra(executor=ex) as infra:
+        spec = AgentSpec("doomed", metadata={"idempotent": True, "log": str(log), "crashes": 10})
+        res = await asyncio.wait_for(Swarm([spec]).run("t", CrashOnceRunner(), infra), 30)
+    pids = log.read_text().split()
+    assert len(pids) == 2  # first run + one retry, then it stops
+    err = res.outputs[0].error
+    assert err == f"worker {pids[1]} died (SIGKILL) while running this agent (attempt 2; idempotent retries exhausted)"
+
+
+async def test_agents_not_declared_idempotent_are_never_rerun(tmp_path):
+    log = tmp_path / "attempts"
+    ex = ProcessExecutor(workers=1)
+    async with SharedInfra(executor=ex) as infra:
+        res = await asyncio.wait_for(
+            Swarm([AgentSpec("once", metadata={"log": str(log)})]).run("t", CrashOnceRunner(), infra), 30)
+    assert len(log.read_text().split()) == 1  # at-most-once
+    assert res.outputs[0].error.endswith("died (SIGKILL) while running this agent")
+
+
+def test_idempotent_retries_must_be_a_non_negative_int():
+    with pytest.raises(ValueError, match="idempotent_retries must be an int >= 0"):
+        ProcessExecutor(workers=1, idempotent_retries=-1)
