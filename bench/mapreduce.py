@@ -1,9 +1,12 @@
 """MapReduce at scale: ``--items 1000000 --reduce-fan-in 64`` with a zero-latency runner.
 
-Exercises the two scale features: tree reduction (no reducer sees more than
-``--reduce-fan-in`` answers; every reducer's task is checked) and bounded live
-agents (items are generated lazily by the map phase's feeders). Prints
-agents/s, peak RSS and the number of reducer levels.
+Exercises tree reduction (no reducer sees more than ``--reduce-fan-in``
+answers; every reducer's task is checked) and bounded live agents (at most
+``--concurrency`` mappers at once, fed by a fixed set of feeder coroutines).
+``MapReduce.run`` returns every mapper output and writes one state key per
+mapper, so memory grows with the items (the peak RSS printed is for that);
+``MapReduce.stream`` is the O(concurrency) way to consume millions of items.
+Prints agents/s, peak RSS and the number of reducer levels.
 """
 
 from __future__ import annotations

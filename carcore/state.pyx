@@ -681,6 +681,41 @@ cdef class Overlay(_StateView):
         self._log.append(t)
         return t
 
+    def is_local(self, key):
+        """Whether ``key`` has a local (unmerged) set or delete in this overlay.
+
+        Raises:
+            TypeError: ``key`` is not a ``str``.
+        """
+        cdef str k = _check_key(key)
+        return k in self._local or k in self._tombs
+
+    def revert(self, key, writer=""):
+        """Drop the local set or delete of ``key`` so the parent's value shows through again.
+
+        Unlike :meth:`delete`, this leaves no tombstone: merging afterwards does
+        not touch the parent's ``key``. The key stays tracked for conflict
+        detection (it was touched).
+
+        Returns:
+            StateTransition | None: The local change (from the local value to the
+            parent's), or ``None`` when ``key`` had no local change.
+
+        Raises:
+            TypeError: ``key`` or ``writer`` is not a ``str``.
+        """
+        cdef str k = _check_key(key)
+        cdef str w = _check_writer(writer)
+        if k not in self._local and k not in self._tombs:
+            return None
+        cdef object old = self._visible(k)
+        self._local.pop(k, None)
+        self._tombs.pop(k, None)
+        self._lversions.pop(k, None)
+        cdef StateTransition t = _transition(k, old, self._visible(k), w, realtime_ns())
+        self._log.append(t)
+        return t
+
     def transitions(self, since=0):
         """Return the local transitions with index >= ``since`` (kept across merges).
 

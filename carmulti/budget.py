@@ -16,6 +16,7 @@ several processes. Slots are not refunded (a failed agent still counts).
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -145,6 +146,7 @@ class CoordinationBudget:
         self.limits = limits if limits is not None else BudgetLimits()
         self._counters: BudgetCounters | None = None
         self._final: tuple[int, int, float, int] | None = None
+        self._create_lock = threading.Lock()
 
     @classmethod
     def unbounded(cls) -> "CoordinationBudget":
@@ -165,9 +167,12 @@ class CoordinationBudget:
         """The shared-memory counters (created on first access)."""
         c = self._counters
         if c is None:
-            if self._final is not None:
-                raise ValueError("this CoordinationBudget is closed; its counters were unlinked")
-            c = self._counters = BudgetCounters(_SLOTS)
+            with self._create_lock:  # two threads' first begin_agent() must share one block
+                c = self._counters
+                if c is None:
+                    if self._final is not None:
+                        raise ValueError("this CoordinationBudget is closed; its counters were unlinked")
+                    c = self._counters = BudgetCounters(_SLOTS)
         return c
 
     # -- reading ---------------------------------------------------------------

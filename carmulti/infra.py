@@ -64,6 +64,7 @@ class SharedInfra:
         self.log: EventLog = log if log is not None else EventLog()
         self.policies: PolicyEngine = policies if policies is not None else PolicyEngine()
         self.budget: CoordinationBudget = CoordinationBudget(budget)
+        self._owns_budget = True  # False after with_shared_budget(): someone else closes it
         if executor is None:
             from .executors.local import LocalExecutor
 
@@ -74,15 +75,30 @@ class SharedInfra:
 
     # -- builders --------------------------------------------------------------
     def with_budget(self, limits: BudgetLimits) -> "SharedInfra":
-        """Replace the budget with a fresh one for ``limits``; returns ``self``."""
-        old = self.budget
+        """Replace the budget with a fresh one for ``limits``; returns ``self``.
+
+        The previous budget is closed only if this infra created it.
+        """
+        old, owned = self.budget, self._owns_budget
         self.budget = CoordinationBudget(limits)
-        old.close()
+        self._owns_budget = True
+        if owned:
+            old.close()
         return self
 
     def with_shared_budget(self, budget: CoordinationBudget) -> "SharedInfra":
-        """Use a pre-built (possibly shared between infras) budget; returns ``self``."""
+        """Use a pre-built budget, possibly shared with other infras; returns ``self``.
+
+        This infra never closes a shared budget: whoever created it calls
+        ``budget.close()`` once every infra using it is done.
+        """
+        if not isinstance(budget, CoordinationBudget):
+            raise TypeError(f"with_shared_budget takes a CoordinationBudget, got {type(budget).__name__}")
+        old, owned = self.budget, self._owns_budget
         self.budget = budget
+        self._owns_budget = False
+        if owned and old is not budget:
+            old.close()
         return self
 
     # -- runtimes --------------------------------------------------------------
@@ -123,7 +139,8 @@ class SharedInfra:
         return self
 
     async def aclose(self) -> None:
-        """Stop the executor and release the budget's shared memory. Idempotent.
+        """Stop the executor and release the budget's shared memory (unless the budget
+        is shared: see :meth:`with_shared_budget`). Idempotent.
 
         The state store and event log stay readable afterwards.
         """
@@ -133,7 +150,8 @@ class SharedInfra:
         try:
             await self.executor.aclose()
         finally:
-            self.budget.close()
+            if self._owns_budget:
+                self.budget.close()
 
     async def __aenter__(self) -> "SharedInfra":
         return await self.start()

@@ -9,8 +9,11 @@ log. This ports car-engine's ``Runtime`` as car-multi uses it.
 
 Execution order: actions run one after another, in list order (deterministic).
 On a failed action with ``FailureBehavior.ABORT`` the remaining actions are
-skipped and this proposal's state writes are undone (only its own writes: other
-agents' concurrent writes to a shared store are left alone).
+skipped and this proposal's state writes are undone, newest first. Only its own
+writes: a key that another agent has written since (its current value is no
+longer the one this proposal wrote) is left alone; on an isolated overlay, a
+key the proposal created is reverted (no tombstone that would delete the
+parent's key at merge).
 """
 
 from __future__ import annotations
@@ -430,7 +433,7 @@ class Runtime:
             return "policy violation: " + "; ".join(f"{v.policy_name}: {v.reason}" for v in violations)
         return None
 
-    async def _attempt(self, action: Action, undo: list[tuple[str, bool, Any]], proposal_id: str) -> Any:
+    async def _attempt(self, action: Action, undo: list[tuple[str, bool, Any, bool, Any]], proposal_id: str) -> Any:
         t = action.action_type
         params = action.parameters
         if t is ActionType.TOOL_CALL:
@@ -447,10 +450,13 @@ class Runtime:
         if t is ActionType.STATE_READ:
             return self.state.get(key)
         if t is ActionType.STATE_WRITE:
-            existed = self.state.exists(key)
-            old = self.state.get(key) if existed else None
-            self.state.set(key, params["value"], self.agent or action.id)
-            undo.append((key, existed, old))
+            state = self.state
+            existed = state.exists(key)
+            old = state.get(key) if existed else None
+            is_local = getattr(state, "is_local", None)
+            was_local = True if is_local is None else is_local(key)  # overlays: a local change before ours?
+            state.set(key, params["value"], self.agent or action.id)
+            undo.append((key, existed, old, was_local, state.get(key)))
             self._emit("state_changed", {"key": key}, action_id=action.id, proposal_id=proposal_id)
             return None
         # assertion
@@ -471,7 +477,7 @@ class Runtime:
         pid = proposal.id
         self._emit("proposal_received", {"source": proposal.source, "actions": len(proposal.actions)}, proposal_id=pid)
         results: list[ActionResult] = []
-        undo: list[tuple[str, bool, Any]] = []
+        undo: list[tuple[str, bool, Any, bool, Any]] = []
         aborted_by: str | None = None
         for action in proposal.actions:
             if aborted_by is not None:
@@ -496,15 +502,24 @@ class Runtime:
                                           "actions": len(results)}, proposal_id=pid)
         return ProposalResult(pid, results)
 
-    def _rollback(self, undo: list[tuple[str, bool, Any]], pid: str) -> None:
-        for key, existed, old in reversed(undo):
-            if existed:
-                self.state.set(key, old, "rollback")
+    def _rollback(self, undo: list[tuple[str, bool, Any, bool, Any]], pid: str) -> None:
+        state = self.state
+        restored: list[str] = []
+        kept: list[str] = []
+        for key, existed, old, was_local, written in reversed(undo):
+            if not state.exists(key) or state.get(key) != written:
+                kept.append(key)  # written by someone else since: theirs stands
+                continue
+            if not was_local:
+                state.revert(key, "rollback")  # overlay: drop our local change, parent shows through
+            elif existed:
+                state.set(key, old, "rollback")
             else:
-                self.state.delete(key, "rollback")
-        self._emit("state_rollback", {"keys": [k for k, _, _ in undo]}, proposal_id=pid)
+                state.delete(key, "rollback")
+            restored.append(key)
+        self._emit("state_rollback", {"keys": restored, "kept": kept}, proposal_id=pid)
 
-    async def _run_action(self, action: Action, undo: list[tuple[str, bool, Any]], pid: str) -> ActionResult:
+    async def _run_action(self, action: Action, undo: list[tuple[str, bool, Any, bool, Any]], pid: str) -> ActionResult:
         is_tool = action.action_type is ActionType.TOOL_CALL
         cache_key = None
         if is_tool and action.idempotent:

@@ -8,7 +8,11 @@
   (:class:`UnconsumedSteps`) -- like openai-agents' ``ScriptedModel``.
 * :class:`FunctionRunner` wraps a plain ``async def`` as a runner.
 
-All are picklable with dill, so they run on the process executor too.
+All are picklable with dill, so they run on the process executor too; there
+each worker runs its own copy, so what a runner *records* (``EchoRunner.calls``,
+``ScriptedRunner.calls``, ``remaining()``, ``assert_consumed()``) only reflects
+calls made in the process that holds it: use them with the in-process executor,
+and a ``Mapping`` script (per agent name) when agents may land in different workers.
 """
 
 from __future__ import annotations

@@ -33,10 +33,15 @@ def truncate(s: str, max_bytes: int) -> str:
     """
     if len(s) * 4 <= max_bytes:  # fast path: cannot exceed even at 4 bytes/char
         return s
-    b = s.encode("utf-8")
+    # surrogatepass: a Python str may hold lone surrogates (os.fsdecode of a
+    # non-UTF-8 name); they count as their 3-byte encoding and are kept whole.
+    b = s.encode("utf-8", "surrogatepass")
     if len(b) <= max_bytes:
         return s
-    return b[:max_bytes].decode("utf-8", "ignore")
+    n = max_bytes
+    while n > 0 and (b[n] & 0xC0) == 0x80:  # back up to a character boundary (Rust is_char_boundary)
+        n -= 1
+    return b[:n].decode("utf-8", "surrogatepass")
 
 
 @dataclass(frozen=True)

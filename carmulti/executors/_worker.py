@@ -143,6 +143,22 @@ class _StateView:
         self._dels.add(key)
         self.ops.append(["d", key, writer or ""])
 
+    def is_local(self, key: str) -> bool:
+        """Whether this agent has an unsent write or delete of ``key``."""
+        return key in self._sets or key in self._dels
+
+    def revert(self, key: str, writer: str | None = "") -> None:
+        """Forget this agent's write/delete of ``key``: nothing about it is shipped back.
+
+        Used by ``Runtime`` to roll back a key the aborted proposal created; no
+        recorded op for ``key`` predates it (the runtime reverts only keys that
+        had no local change before its write).
+        """
+        if key in self._sets or key in self._dels:
+            self._sets.pop(key, None)
+            self._dels.discard(key)
+            self.ops = [op for op in self.ops if op[1] != key]
+
 
 class _EventSink:
     """``Runtime.log`` in a worker: buffers records for the coordinator's ``EventLog.append_batch``."""

@@ -96,7 +96,11 @@ class LocalExecutor:
 
     async def _with_timeout(self, coro: Any, timeout: float, name: str) -> Any:
         task = asyncio.ensure_future(coro)
-        done, _ = await asyncio.wait((task,), timeout=timeout)
+        try:
+            done, _ = await asyncio.wait((task,), timeout=timeout)
+        except asyncio.CancelledError:
+            task.cancel()  # our caller was cancelled: so is the runner
+            raise
         if done:
             return task.result()
         task.cancel()

@@ -187,8 +187,21 @@ class MapReduce:
                 queue.put_nowait((i, out))
 
         async def drive() -> None:
+            tasks = [asyncio.ensure_future(feeder()) for _ in range(width)]
             try:
-                await asyncio.gather(*[feeder() for _ in range(width)])
+                done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+                for t in pending:  # one feeder failed: stop the others starting mappers
+                    t.cancel()
+                if pending:
+                    await asyncio.wait(pending)
+                for t in done:
+                    if not t.cancelled() and t.exception() is not None:
+                        raise t.exception()  # type: ignore[misc]
+            except asyncio.CancelledError:
+                for t in tasks:
+                    t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                raise
             finally:
                 queue.put_nowait(None)
 

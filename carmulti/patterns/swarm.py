@@ -17,7 +17,7 @@ from .. import _strings as S
 from ..executors.base import AgentJob, AgentRun
 from ..mailbox import Mailbox
 from ..types import AgentOutput, AgentSpec, truncate
-from ..workspace import AgentWorkspace, WorkspaceConfig, WorkspaceError
+from ..workspace import AgentWorkspace, WorkspaceConfig, WorkspaceError, WorkspaceMode
 from ._common import gate, run_finalizer, settle, workspace_failed_output
 
 if TYPE_CHECKING:
@@ -126,14 +126,14 @@ class Swarm:
             if self.workspaces is not None:
                 # Before the budget reservation, so a provisioning failure burns no slot.
                 try:
-                    ws = AgentWorkspace.provision(self.workspaces, spec.name)
+                    ws = await _provision(self.workspaces, spec.name)
                 except WorkspaceError as err:
                     slots.append(workspace_failed_output(spec.name, err))
                     continue
             skipped = gate(infra, spec.name)
             if skipped is not None:
                 if ws is not None:
-                    ws.close()
+                    await _release(ws)
                 slots.append(skipped)
                 continue
             slots.append(len(jobs))
@@ -228,5 +228,19 @@ async def _run_in_workspace(runner: "AgentRunner", job: AgentJob, ws: AgentWorks
         return await infra.executor.run_agent(runner, job, infra)
     finally:
         if ws is not None:
-            ws.close()
+            await _release(ws)
+
+
+async def _provision(config: WorkspaceConfig, name: str) -> AgentWorkspace:
+    """Provision off the event loop when it runs git (a worktree add takes tens of ms)."""
+    if config.mode is WorkspaceMode.GIT_WORKTREE:
+        return await asyncio.to_thread(AgentWorkspace.provision, config, name)
+    return AgentWorkspace.provision(config, name)
+
+
+async def _release(ws: AgentWorkspace) -> None:
+    if ws.config.mode is WorkspaceMode.GIT_WORKTREE:
+        await asyncio.to_thread(ws.close)
+    else:
+        ws.close()
 

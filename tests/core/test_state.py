@@ -465,3 +465,30 @@ def test_merge_conflict_error_pickles():
     e = MergeConflictError(["b", "a"], "ov")
     e2 = pickle.loads(pickle.dumps(e))
     assert e2.keys == ["a", "b"] and e2.overlay == "ov" and str(e2) == str(e)
+
+
+def test_overlay_is_local_and_revert():
+    s = StateStore()
+    s.set("p", "parent")
+    o = s.overlay("o")
+    assert not o.is_local("p")
+    o.set("p", "mine")
+    o.set("n", 1)
+    o.delete("x")  # absent: no tombstone recorded
+    assert o.is_local("p") and o.is_local("n")
+    t = o.revert("p", "undo")
+    assert t.old_value == "mine" and t.new_value == "parent" and t.writer == "undo"
+    assert o.get("p") == "parent" and not o.is_local("p")
+    t2 = o.revert("n")
+    assert t2.old_value == 1 and t2.new_value is None and not o.exists("n")
+    assert o.revert("n") is None  # nothing local any more
+    o.delete("p")
+    assert o.is_local("p") and not o.exists("p")
+    o.revert("p")
+    assert o.get("p") == "parent"
+    assert o.changes() == ({}, [])
+    s.set("n", "other")
+    o.merge_to_parent()
+    assert s.get("n") == "other" and s.get("p") == "parent"
+    with pytest.raises(TypeError):
+        o.revert(1)

@@ -27,6 +27,13 @@ from carmulti import (
 from carmulti.executors import _wire as W
 
 
+#: How long the misbehaving runners below hang. Elapsed-time checks in this file only assert
+#: "well under HANG_S" -- proof that the timeout / kill fired instead of waiting the hang out --
+#: never a tight performance bound (the machine may be loaded).
+HANG_S = 60
+WELL_UNDER_HANG_S = HANG_S / 3
+
+
 class FaultRunner:
     """Behaviour by ``spec.metadata["do"]``; ``pidfile`` (if given) gets the worker's pid first."""
 
@@ -36,15 +43,15 @@ class FaultRunner:
             pathlib.Path(md["pidfile"]).write_text(str(os.getpid()))
         do = md.get("do", "answer")
         if do == "sleep":
-            await asyncio.sleep(60)
+            await asyncio.sleep(HANG_S)
         elif do == "swallow":  # ignores cancellation (but keeps its loop responsive)
             while True:
                 try:
-                    await asyncio.sleep(60)
+                    await asyncio.sleep(HANG_S)
                 except asyncio.CancelledError:
                     continue
         elif do == "block":  # blocks the worker's whole event loop
-            time.sleep(60)
+            time.sleep(HANG_S)
         elif do == "exit":
             os._exit(1)
         elif do == "raise":
@@ -74,7 +81,7 @@ async def test_kill_9_mid_agent_fails_only_that_workers_agents_and_replaces_it(t
         os.kill(pid, signal.SIGKILL)
         t0 = time.monotonic()
         res = await asyncio.wait_for(task, 10)
-        assert time.monotonic() - t0 < 5
+        assert time.monotonic() - t0 < WELL_UNDER_HANG_S
         outs = {o.name: o for o in res.outputs}
         assert len(res.outputs) == 3
         assert outs["victim"].error == f"worker {pid} died (SIGKILL) while running this agent"
@@ -101,7 +108,7 @@ async def test_hanging_runner_is_cancelled_at_the_timeout_and_the_worker_reused(
         pids = ex.pids
         t0 = time.monotonic()
         res = await Swarm([AgentSpec("h", metadata={"do": "sleep"}), AgentSpec("ok")]).run("t", FaultRunner(), infra)
-        assert time.monotonic() - t0 < 0.3 + 1.0 + 0.5
+        assert time.monotonic() - t0 < WELL_UNDER_HANG_S  # cut at the timeout, not after the 60 s sleep
         assert res.outputs[0].error == "timeout after 0.3s"
         assert res.outputs[1].succeeded
         assert ex.pids == pids and ex.restarts == 0
@@ -116,7 +123,7 @@ async def test_uncooperative_runner_is_killed_with_its_worker_after_the_grace(do
         run = await ex.run_agent(FaultRunner(), AgentJob(AgentSpec("u", metadata={"do": do}), "t"), infra)
         elapsed = time.monotonic() - t0
         assert run.error == "timeout after 0.2s"
-        assert elapsed < 0.2 + 0.3 + 2.0
+        assert elapsed < WELL_UNDER_HANG_S  # killed after timeout + grace, not after the 60 s hang
         for _ in range(200):  # the replacement connects
             if ex.pids and ex.pids[0] != old:
                 break
@@ -208,7 +215,7 @@ async def test_aclose_with_agents_in_flight_leaves_nothing_behind():
     await asyncio.sleep(0.8)
     t0 = time.monotonic()
     await infra.aclose()
-    assert time.monotonic() - t0 < 0.5 + 2.0
+    assert time.monotonic() - t0 < WELL_UNDER_HANG_S  # blocked workers were killed, not waited for
     res = await task
     assert all(o.error == "executor closed while this agent was running" for o in res.outputs)
     assert ex.pids == [] and not ex.running

@@ -1,0 +1,255 @@
+"""Regression tests for defects found in review: budget races and sharing, rollback that must
+not clobber other agents, cancellation through timeouts, invalid runner outputs, feeder
+failures in MapReduce, and text with lone surrogates."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from carmulti import (
+    Action,
+    ActionProposal,
+    AgentOutput,
+    AgentSpec,
+    BudgetError,
+    BudgetLimits,
+    CoordinationBudget,
+    LocalExecutor,
+    MapReduce,
+    SharedInfra,
+    Swarm,
+    SwarmMode,
+    TokenAccounting,
+    ToolError,
+    truncate,
+)
+
+
+def test_first_use_of_a_budget_from_many_threads_never_exceeds_the_cap():
+    for _trial in range(40):
+        budget = CoordinationBudget(BudgetLimits(max_agents=37))
+        barrier = threading.Barrier(8)
+        admitted = [0] * 8
+
+        def hammer(i: int) -> None:
+            barrier.wait()
+            for _ in range(60):
+                try:
+                    budget.begin_agent()
+                    admitted[i] += 1
+                except BudgetError:
+                    pass
+
+        threads = [threading.Thread(target=hammer, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        try:
+            assert sum(admitted) == 37
+            assert budget.snapshot().agents_started == 37
+        finally:
+            budget.close()
+
+
+async def test_a_shared_budget_survives_the_infras_that_borrow_it():
+    shared = CoordinationBudget(BudgetLimits(max_agents=10))
+    a = SharedInfra().with_shared_budget(shared)
+    b = SharedInfra().with_shared_budget(shared)
+    try:
+        await Swarm([AgentSpec("x")]).run("t", _Answer(), a)
+        await a.aclose()
+        res = await Swarm([AgentSpec("y")]).run("t", _Answer(), b)  # a closing did not unlink it
+        assert res.outputs[0].succeeded
+        b.with_budget(BudgetLimits())  # replacing a borrowed budget does not close it either
+        shared.begin_agent()
+        assert shared.snapshot().agents_started == 3
+    finally:
+        await b.aclose()
+        shared.close()
+
+
+def test_with_shared_budget_rejects_limits():
+    with pytest.raises(TypeError, match="takes a CoordinationBudget"):
+        SharedInfra().with_shared_budget(BudgetLimits())  # type: ignore[arg-type]
+
+
+class _Answer:
+    async def run(self, spec, task, runtime, mailbox):
+        return f"{spec.name} ok"
+
+
+class _Gate:
+    """``wait`` blocks until released, then fails (aborting its proposal)."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+
+    async def execute(self, tool, params):
+        await self.release.wait()
+        raise ToolError("late failure")
+
+
+async def test_abort_does_not_undo_another_agents_later_write_to_the_same_key():
+    infra = SharedInfra()
+    gate = _Gate()
+    a = infra.make_runtime(agent="A")
+    a.register_tool("wait")
+    a.set_executor(gate)
+    b = infra.make_runtime(agent="B")
+    ta = asyncio.ensure_future(a.execute(ActionProposal("pa", "A", [Action.state_write("w", "k", 1),
+                                                                     Action.tool_call("t", "wait")])))
+    await asyncio.sleep(0.01)
+    rb = await b.execute(ActionProposal("pb", "B", [Action.state_write("w", "k", 2)]))
+    gate.release.set()
+    ra = await ta
+    assert rb.all_succeeded and [r.status.value for r in ra.results] == ["succeeded", "failed"]
+    assert infra.state.get("k") == 2  # B's committed write stands
+    rollback = [e for e in infra.log.filter(kind="state_rollback") if e.agent == "A"]
+    assert rollback[-1].data == {"keys": [], "kept": ["k"]}
+    await infra.aclose()
+
+
+async def test_abort_still_restores_its_own_writes():
+    infra = SharedInfra()
+    infra.state.set("k", "before")
+    gate = _Gate()
+    gate.release.set()
+    rt = infra.make_runtime(agent="A")
+    rt.register_tool("wait")
+    rt.set_executor(gate)
+    await rt.execute(ActionProposal("p", "A", [Action.state_write("w1", "k", 1), Action.state_write("w2", "new", 2),
+                                               Action.tool_call("t", "wait")]))
+    assert infra.state.get("k") == "before" and not infra.state.exists("new")
+    await infra.aclose()
+
+
+async def test_overlay_rollback_of_a_created_key_leaves_no_tombstone():
+    infra = SharedInfra()
+    gate = _Gate()
+    gate.release.set()
+    rt, ctx = infra.make_isolated_runtime("C")
+    rt.register_tool("wait")
+    rt.set_executor(gate)
+    res = await rt.execute(ActionProposal("p", "C", [Action.state_write("w", "new", 1), Action.tool_call("t", "wait")]))
+    assert not res.all_succeeded
+    assert ctx.changes() == ({}, [])  # nothing left to merge: no delete of "new"
+    infra.state.set("new", "from-B")  # another agent creates the key meanwhile
+    ctx.merge_to_parent()
+    assert infra.state.get("new") == "from-B"
+    await infra.aclose()
+
+
+async def test_overlay_rollback_restores_an_earlier_local_write():
+    infra = SharedInfra()
+    gate = _Gate()
+    gate.release.set()
+    rt, ctx = infra.make_isolated_runtime("C")
+    rt.register_tool("wait")
+    rt.set_executor(gate)
+    await rt.execute(ActionProposal("p1", "C", [Action.state_write("w", "k", "first")]))
+    await rt.execute(ActionProposal("p2", "C", [Action.state_write("w", "k", "second"), Action.tool_call("t", "wait")]))
+    assert ctx.get("k") == "first" and ctx.changes() == ({"k": "first"}, [])
+    await infra.aclose()
+
+
+async def test_cancelling_a_pattern_cancels_its_runners_even_with_an_agent_timeout():
+    seen = {"started": 0, "finished": 0, "cancelled": 0}
+
+    class Slow:
+        async def run(self, spec, task, runtime, mailbox):
+            seen["started"] += 1
+            try:
+                await asyncio.sleep(0.5)
+            except asyncio.CancelledError:
+                seen["cancelled"] += 1
+                raise
+            seen["finished"] += 1
+            return "late"
+
+    async with SharedInfra(executor=LocalExecutor(), agent_timeout_s=5.0) as infra:
+        task = asyncio.ensure_future(Swarm([AgentSpec("a"), AgentSpec("b")]).run("t", Slow(), infra))
+        await asyncio.sleep(0.1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(0.6)
+    assert seen == {"started": 2, "finished": 0, "cancelled": 2}
+
+
+class NegativeSpend:
+    """Agent ``bad`` reports negative tokens; the others behave."""
+
+    async def run(self, spec, task, runtime, mailbox):
+        tokens = TokenAccounting(-5, 0, 0.0) if spec.name == "bad" else TokenAccounting(1, 1, 0.0)
+        return AgentOutput(spec.name, f"{spec.name} done", turns=1, tokens=tokens)
+
+
+@pytest.mark.parametrize("mode", [SwarmMode.PARALLEL, SwarmMode.SEQUENTIAL])
+async def test_an_invalid_runner_output_fails_only_that_agent(make_infra, mode):
+    infra = make_infra()
+    res = await Swarm([AgentSpec("good"), AgentSpec("bad"), AgentSpec("also")], mode).run("t", NegativeSpend(), infra)
+    assert [o.name for o in res.outputs] == ["good", "bad", "also"]
+    assert res.outputs[0].succeeded and res.outputs[2].succeeded
+    assert res.outputs[1].error == ("invalid output from runner: reported spend must be non-negative, "
+                                    "got input_tokens=-5 output_tokens=0 cost_usd=0.0")
+    assert not infra.state.exists("agent.bad.answer")
+    assert infra.budget.snapshot().total_tokens == 4  # only the valid outputs were recorded
+
+
+class _Boom(Exception):
+    pass
+
+
+class FailingExecutor(LocalExecutor):
+    """Raises from ``run_agent`` on its third call (as a process executor that gave up would)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    async def run_agent(self, runner, job, infra):
+        self.calls += 1
+        if self.calls == 3:
+            raise _Boom("executor gave up")
+        await asyncio.sleep(0.01)
+        return await super().run_agent(runner, job, infra)
+
+
+async def test_a_feeder_failure_stops_the_other_feeders_and_leaves_no_task():
+    ex = FailingExecutor()
+    async with SharedInfra(executor=ex) as infra:
+        with pytest.raises(_Boom):
+            await MapReduce(AgentSpec("m"), AgentSpec("r"), 4).run("t", ["x"] * 100, _Answer(), infra)
+        calls = ex.calls
+        await asyncio.sleep(0.1)
+        assert ex.calls == calls  # nothing started after the failure
+    assert calls < 10
+    # the suite's task-leak fixture checks that no feeder is left pending
+
+
+@given(st.lists(st.sampled_from(["a", "é", "€", "𝄞", "\udcff", "\ud800"]), max_size=60), st.integers(0, 120))
+def test_truncate_keeps_lone_surrogates_whole(chars, n):
+    s = "".join(chars)
+    out = truncate(s, n)
+    assert s.startswith(out)
+    assert len(out.encode("utf-8", "surrogatepass")) <= n
+    rest = s[len(out):]
+    if rest:  # maximal: the next character would not fit
+        assert len((out + rest[0]).encode("utf-8", "surrogatepass")) > n
+
+
+async def test_sequential_swarm_with_surrogate_answers_does_not_crash():
+    class Fs:
+        async def run(self, spec, task, runtime, mailbox):
+            return os.fsdecode(b"file-\xff" * 200)
+
+    async with SharedInfra() as infra:
+        res = await Swarm([AgentSpec("a"), AgentSpec("b")], SwarmMode.SEQUENTIAL).run("t", Fs(), infra)
+    assert all(o.succeeded for o in res.outputs)
