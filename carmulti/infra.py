@@ -139,8 +139,9 @@ class SharedInfra:
         return self
 
     async def aclose(self) -> None:
-        """Stop the executor and release the budget's shared memory (unless the budget
-        is shared: see :meth:`with_shared_budget`). Idempotent.
+        """Stop the executor, flush the event log (it stays open) and release the
+        budget's shared memory (unless the budget is shared: see
+        :meth:`with_shared_budget`). Idempotent.
 
         The state store and event log stay readable afterwards.
         """
@@ -150,6 +151,8 @@ class SharedInfra:
         try:
             await self.executor.aclose()
         finally:
+            if not self.log.closed:
+                self.log.flush()  # a journaled log's last batch reaches the disk
             if self._owns_budget:
                 self.budget.close()
 

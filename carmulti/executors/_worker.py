@@ -23,6 +23,7 @@ import asyncio
 import collections
 import gc
 import logging
+import math
 import os
 import signal
 import time
@@ -42,6 +43,9 @@ from .base import coerce_output, exception_text
 __all__ = ["main"]
 
 log = logging.getLogger("carmulti.executors.worker")
+
+#: Same validation as carcore's StateStore/EventLog: datetimes and dataclasses are refused.
+_STRICT_JSON = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
 
 
 def main(cfg: dict[str, Any]) -> None:
@@ -128,10 +132,23 @@ class _StateView:
         return {k: self.get(k) for k in self.keys()}
 
     def set(self, key: str, value: Any, writer: str | None = "") -> None:
+        """Record a local write; the value is validated as ``carcore.StateStore.set`` does.
+
+        Raises:
+            TypeError: ``key`` is not a str or ``value`` is not JSON-serializable
+                (non-finite float, integer outside 64 bits, datetime, dataclass, ...).
+        """
         if not isinstance(key, str):
             raise TypeError(f"state key must be a str, got {type(key).__name__}")
+        t = type(value)
+        if t is float and not math.isfinite(value):
+            raise TypeError(f"state value for key {key!r} is not JSON-serializable: "
+                            f"non-finite float {value!r} has no JSON representation")
+        if t is int and not -(2**63) <= value < 2**64:
+            raise TypeError(f"state value for key {key!r} is not JSON-serializable: "
+                            f"integer {value} exceeds the 64-bit range")
         try:
-            b = orjson.dumps(value)
+            b = orjson.dumps(value, option=_STRICT_JSON)
         except TypeError as exc:
             raise TypeError(f"state value for key {key!r} is not JSON-serializable: {exc}") from None
         self._sets[key] = b
@@ -142,6 +159,16 @@ class _StateView:
         self._sets.pop(key, None)
         self._dels.add(key)
         self.ops.append(["d", key, writer or ""])
+
+    def changes(self) -> tuple[dict[str, Any], list[str]]:
+        """This agent's pending ``(sets, deletes)`` (copies), like ``carcore.Overlay.changes``."""
+        return {k: orjson.loads(b) for k, b in self._sets.items()}, list(self._dels)
+
+    def discard(self) -> None:
+        """Drop this agent's pending writes and deletes (nothing is shipped back for them)."""
+        self._sets.clear()
+        self._dels.clear()
+        self.ops.clear()
 
     def is_local(self, key: str) -> bool:
         """Whether this agent has an unsent write or delete of ``key``."""
@@ -171,8 +198,18 @@ class _EventSink:
 
     def append(self, kind: str, data: Any = None, *, agent: str | None = None, action_id: str | None = None,
                proposal_id: str | None = None) -> None:
+        """Buffer one event for the coordinator's log.
+
+        Raises:
+            TypeError: ``data`` is not JSON-serializable (as ``EventLog.append``);
+                nothing is buffered.
+        """
         rec: dict[str, Any] = {"kind": kind, "ts_ns": time.time_ns()}
         if data is not None:
+            try:
+                orjson.dumps(data, option=_STRICT_JSON)
+            except TypeError as exc:
+                raise TypeError(f"event data for kind {kind!r} is not JSON-serializable: {exc}") from None
             rec["data"] = data
         if agent is not None:
             rec["agent"] = agent
@@ -206,7 +243,7 @@ class _RemoteTools:
 class RemoteInbox:
     """An inbox that lives in the coordinator (same API as :class:`~carmulti.Inbox`)."""
 
-    __slots__ = ("_w", "_job", "_o", "name", "capacity")
+    __slots__ = ("_w", "_job", "_o", "name", "capacity", "_late")
 
     def __init__(self, w: "_Worker", job: int, oid: int, name: str, capacity: int) -> None:
         self._w = w
@@ -214,13 +251,27 @@ class RemoteInbox:
         self._o = oid
         self.name = name
         self.capacity = capacity
+        self._late: collections.deque[Any] = collections.deque()  # replies to cancelled recvs
 
     async def recv(self, timeout_s: float | None = None) -> Any:
-        """Wait for the next message (``MailboxTimeout`` after ``timeout_s``)."""
-        return dec_value(await self._w.request({"op": "call", "job": self._job, "o": self._o, "m": "recv",
-                                                "a": [], "kw": {"timeout_s": timeout_s}}))
+        """Wait for the next message (``MailboxTimeout`` after ``timeout_s``).
+
+        A message the coordinator already handed out for a ``recv`` that was then
+        cancelled here (``asyncio.wait_for``, a timeout) is kept and returned by
+        the next ``recv``/``try_recv``: cancelling a receive never loses a message.
+        """
+        if self._late:
+            return self._late.popleft()
+        v = dec_value(await self._w.request({"op": "call", "job": self._job, "o": self._o, "m": "recv",
+                                             "a": [], "kw": {"timeout_s": timeout_s}}, late_sink=self))
+        if self._late:  # replies to earlier, cancelled recvs arrived first: they are older
+            self._late.append(v)
+            return self._late.popleft()
+        return v
 
     def try_recv(self) -> Any | None:
+        if self._late:
+            return self._late.popleft()
         return dec_value(self._w.rpc_call(self._job, self._o, "try_recv", []))
 
     def qsize(self) -> int:
@@ -358,6 +409,7 @@ class _Worker:
         self.infras: dict[int, _WInfra] = {}
         self.jobs: dict[int, _WJob] = {}
         self.pending: dict[int, asyncio.Future[Any]] = {}
+        self.late_sinks: dict[int, Any] = {}  # rid -> RemoteInbox of a cancelled recv
         self.out_res: list[dict[str, Any]] = []
         self.out_req: list[dict[str, Any]] = []
         self.out_ev: dict[int, list[dict[str, Any]]] = {}
@@ -458,11 +510,10 @@ class _Worker:
             for r in body["rets"]:
                 fut = self.pending.pop(r["rid"], None)
                 if fut is None or fut.done():
-                    if fut is None:
-                        continue
+                    sink = self.late_sinks.pop(r["rid"], None)
                     v = r.get("ok")
-                    if isinstance(v, dict) and ("$msg" in v or "$amsg" in v):
-                        log.warning("carmulti worker: a message arrived for a cancelled recv and was lost: %r", v)
+                    if sink is not None and isinstance(v, dict) and ("$msg" in v or "$amsg" in v):
+                        sink._late.append(dec_value(v))  # the recv was cancelled here: keep the message
                     continue
                 if "ok" in r:
                     fut.set_result(r["ok"])
@@ -563,7 +614,11 @@ class _Worker:
                     job.finished = True
                     self.jobs.pop(job.id, None)
                     return
-                raise
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # someone cancelled this job's task: let it end
+                # the runner itself raised CancelledError (e.g. awaited a task it had cancelled)
+                err = "join error: CancelledError raised by the runner"
         except Exception as exc:  # noqa: BLE001 - agent failures are values
             err = exception_text(exc)
         except BaseException as exc:  # noqa: BLE001 - SystemExit in a runner: a crashed agent (as local)
@@ -616,22 +671,43 @@ class _Worker:
         self.schedule_flush()
 
     # -- requests to the coordinator -----------------------------------------------------------------
-    async def request(self, body: dict[str, Any]) -> Any:
+    async def request(self, body: dict[str, Any], late_sink: Any = None) -> Any:
+        """An async request to the coordinator.
+
+        Args:
+            late_sink: A ``RemoteInbox`` that keeps the reply if it arrives after
+                this request was cancelled (a received message must not be lost):
+                whichever of the reply and the cancellation comes first, a message
+                the coordinator handed out ends up in the sink's buffer.
+        """
         rid = self.next_rid
         self.next_rid += 1
         body["rid"] = rid
         fut = self.loop.create_future()
         self.pending[rid] = fut
+        if late_sink is not None:
+            self.late_sinks[rid] = late_sink  # until the coordinator's reply has been taken care of
         self.out_req.append(body)
         self.schedule_flush()
         try:
-            return await fut
+            v = await fut
         except asyncio.CancelledError:
-            if self.pending.pop(rid, None) is not None:
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                # the reply won the race against our cancellation: keep a message it carries
+                sink = self.late_sinks.pop(rid, None)
+                v = fut.result()
+                if sink is not None and isinstance(v, dict) and ("$msg" in v or "$amsg" in v):
+                    sink._late.append(dec_value(v))
+            elif self.pending.pop(rid, None) is not None:
+                # not answered yet: ask the coordinator to stop; its reply (it always sends
+                # one) is routed to late_sinks by _dispatch
                 self.out_req.append({"rid": self.next_rid, "op": "cancel", "target": rid})
                 self.next_rid += 1
                 self.schedule_flush()
             raise
+        if late_sink is not None:
+            self.late_sinks.pop(rid, None)
+        return v
 
     def rpc(self, body: dict[str, Any]) -> Any:
         """A synchronous request/reply on the RPC socket (blocks this worker's loop until answered).
@@ -731,7 +807,17 @@ class _Worker:
         body["req"] = req
         ev = body.get("ev")
         if ev:
-            body["ev"] = [[i, orjson.loads(orjson.dumps(recs, default=repr))] for i, recs in ev]
+            fixed_ev = []
+            for i, recs in ev:
+                keep = []
+                for rec in recs:
+                    try:
+                        orjson.dumps(rec)
+                    except TypeError as exc:  # validated at append, so only a value mutated since
+                        rec = dict(rec, data=f"<unserializable event data: {exc}>")
+                    keep.append(rec)
+                fixed_ev.append([i, keep])
+            body["ev"] = fixed_ev
         return orjson.dumps(body)
 
     def _send(self, frames: list[bytes]) -> None:

@@ -81,7 +81,12 @@ class LocalExecutor:
             else:
                 result = await self._with_timeout(coro, timeout, spec.name)
         except asyncio.CancelledError:
-            raise
+            task = asyncio.current_task()
+            if task is None or task.cancelling():
+                raise  # our caller cancelled us
+            # the runner itself raised CancelledError (e.g. awaited a task it had cancelled)
+            return AgentRun(None, "join error: CancelledError raised by the runner",
+                            (time.perf_counter() - t0) * 1000.0, ctx)
         except _Timeout:
             return AgentRun(None, f"timeout after {timeout}s", (time.perf_counter() - t0) * 1000.0, ctx)
         except Exception as exc:  # noqa: BLE001 - agent failures are values

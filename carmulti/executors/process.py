@@ -51,6 +51,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import collections
+import functools
 import logging
 import os
 import shutil
@@ -607,7 +608,7 @@ class ProcessExecutor:
         if ent is None or ent[1] is not runner:
             import dill
 
-            blob = dill.dumps(runner)
+            blob = dill.dumps(runner, recurse=True)  # __main__ classes carry their globals
             self._next_rid += 1
             ent = (self._next_rid, runner, blob)
             self._runners[id(runner)] = ent
@@ -1043,7 +1044,7 @@ class ProcessExecutor:
                                                    "msg": f"no tool executor installed for tool '{q['tool']}'"}})
                 self._schedule_flush()
                 return
-            coro = tex.execute(q["tool"], q["params"])
+            make = functools.partial(tex.execute, q["tool"], q["params"])
         else:
             obj = self._objs.get(q["o"])
             kw = q.get("kw") or {}
@@ -1052,8 +1053,10 @@ class ProcessExecutor:
                                                    "msg": f"mailbox call {q['m']!r} not allowed or object gone"}})
                 self._schedule_flush()
                 return
-            coro = getattr(obj[0], q["m"])(*[dec_value(a) for a in q["a"]], **kw)
-        task = self._loop.create_task(self._serve(w, rid, coro))  # type: ignore[union-attr]
+            make = functools.partial(getattr(obj[0], q["m"]), *[dec_value(a) for a in q["a"]], **kw)
+        # the coroutine is created inside the task, so a task cancelled before it starts
+        # leaves no never-awaited coroutine behind
+        task = self._loop.create_task(self._serve(w, rid, make))  # type: ignore[union-attr]
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         w.req_tasks[rid] = task
@@ -1061,11 +1064,16 @@ class ProcessExecutor:
             p.tasks = set()
         p.tasks.add(task)
 
-    async def _serve(self, w: _W, rid: int, coro: Any) -> None:
+    async def _serve(self, w: _W, rid: int, make: Any) -> None:
         try:
-            val = await coro
+            val = await make()
             ret = {"rid": rid, "ok": enc_value(val)}
         except asyncio.CancelledError:
+            # Still answer (with nothing) so the worker can forget the request; a
+            # reply already on its way when the cancel came is kept by the worker.
+            if not w.dead and not self._closing:
+                w.rets.append({"rid": rid, "ok": None})
+                self._schedule_flush()
             return
         except Exception as exc:  # noqa: BLE001 - a failed tool call / mailbox op goes back to the agent
             ret = {"rid": rid, "err": W.encode_error(exc)}

@@ -253,3 +253,141 @@ async def test_sequential_swarm_with_surrogate_answers_does_not_crash():
     async with SharedInfra() as infra:
         res = await Swarm([AgentSpec("a"), AgentSpec("b")], SwarmMode.SEQUENTIAL).run("t", Fs(), infra)
     assert all(o.succeeded for o in res.outputs)
+
+
+class CustomEvent:
+    """Logs an event whose data JSON cannot carry (an int beyond 64 bits)."""
+
+    async def run(self, spec, task, runtime, mailbox):
+        runtime.log.append("custom", {"n": 2**70}, agent=spec.name)
+        return "unreachable"
+
+
+async def test_unserializable_event_data_fails_only_that_agent_on_both_executors(make_infra):
+    infra = make_infra()
+    res = await asyncio.wait_for(Swarm([AgentSpec("bad"), AgentSpec("ok")]).run("t", _Mixed(), infra), 60)
+    assert res.outputs[0].error == "event data for kind 'custom' is not JSON-serializable: Integer exceeds 64-bit range"
+    assert res.outputs[1].succeeded
+
+
+class _Mixed:
+    async def run(self, spec, task, runtime, mailbox):
+        if spec.name == "bad":
+            return await CustomEvent().run(spec, task, runtime, mailbox)
+        return "fine"
+
+
+class InnerCancel:
+    """Raises CancelledError itself: awaits a task it cancelled (nobody cancelled the agent)."""
+
+    async def run(self, spec, task, runtime, mailbox):
+        t = asyncio.ensure_future(asyncio.sleep(10))
+        await asyncio.sleep(0)
+        t.cancel()
+        await t
+        return "unreachable"
+
+
+async def test_a_runner_raising_cancelled_error_is_a_failed_agent_not_a_hang(make_infra):
+    infra = make_infra()
+    res = await asyncio.wait_for(Swarm([AgentSpec("c"), AgentSpec("ok")]).run("t", _CancelMixed(), infra), 60)
+    assert res.outputs[0].error == "join error: CancelledError raised by the runner"
+    assert res.outputs[1].succeeded
+
+
+class _CancelMixed:
+    async def run(self, spec, task, runtime, mailbox):
+        if spec.name == "c":
+            return await InnerCancel().run(spec, task, runtime, mailbox)
+        return "fine"
+
+
+class WritesOddValues:
+    async def run(self, spec, task, runtime, mailbox):
+        import datetime
+
+        vals = {"nan": float("nan"), "big": 2**70, "when": datetime.datetime(2024, 1, 1)}
+        res = await runtime.execute(ActionProposal("p", spec.name, [
+            Action.state_write(k, k, v, failure_behavior="skip") for k, v in vals.items()]))
+        return " | ".join(r.error or "ok" for r in res.results)
+
+
+async def test_state_values_are_validated_alike_on_both_executors(make_infra):
+    infra = make_infra()
+    res = await Swarm([AgentSpec("w")]).run("t", WritesOddValues(), infra)
+    errors = res.outputs[0].answer.split(" | ")
+    assert errors[0] == "TypeError: state value for key 'nan' is not JSON-serializable: non-finite float nan has no JSON representation"
+    assert errors[1] == "TypeError: state value for key 'big' is not JSON-serializable: integer 1180591620717411303424 exceeds the 64-bit range"
+    assert errors[2].startswith("TypeError: state value for key 'when' is not JSON-serializable: ")
+    assert not any(infra.state.exists(k) for k in ("nan", "big", "when"))
+
+
+SCRIPT = '''
+import asyncio
+import carmulti
+from carmulti import AgentSpec, ProcessExecutor, SharedInfra, Swarm
+
+GREETING = "hello from a script"
+
+class ScriptRunner:  # defined in __main__, uses module globals (asyncio, GREETING)
+    async def run(self, spec, task, runtime, mailbox):
+        await asyncio.sleep(0)
+        return f"{GREETING}: {spec.name}"
+
+async def main():
+    async with SharedInfra(executor=ProcessExecutor(workers=2)) as infra:
+        res = await Swarm([AgentSpec("a"), AgentSpec("b")]).run("t", ScriptRunner(), infra)
+    print([(o.answer, o.error) for o in res.outputs])
+
+if __name__ == "__main__":
+    carmulti.run(main())
+'''
+
+
+def test_a_runner_defined_in_a_scripts_main_works_on_the_process_executor(tmp_path):
+    import subprocess
+    import sys
+
+    script = tmp_path / "script.py"
+    script.write_text(SCRIPT)
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "[('hello from a script: a', None), ('hello from a script: b', None)]"
+
+
+class ImpatientReceiver:
+    """Receives with a very short ``asyncio.wait_for`` around ``recv`` until END; answers what it got."""
+
+    async def run(self, spec, task, runtime, mailbox):
+        inbox = mailbox.register("r")
+        got = []
+        while True:
+            try:
+                m = await asyncio.wait_for(inbox.recv(), 0.002)
+            except asyncio.TimeoutError:
+                continue
+            if m.content == "END":
+                return ",".join(got)
+            got.append(m.content)
+
+
+async def test_cancelling_a_recv_never_loses_a_message(make_infra):
+    """On the process executor the coordinator may already have handed a message to a recv
+    that the agent then cancels: the worker keeps it for the next recv."""
+    from carmulti import AgentJob, Mailbox, Message
+
+    infra = make_infra()
+    mb = Mailbox(buffer_size=16)
+    task = asyncio.ensure_future(infra.executor.run_agent(ImpatientReceiver(), AgentJob(AgentSpec("a"), "t", mailbox=mb),
+                                                          infra))
+    while "r" not in mb:
+        await asyncio.sleep(0.005)
+    n = 200
+    for i in range(n):
+        await mb.send(Message("c", "r", str(i)))
+        if i % 7 == 0:
+            await asyncio.sleep(0.001)
+    await mb.send(Message("c", "r", "END"))
+    run = await asyncio.wait_for(task, 60)
+    assert run.error is None
+    assert run.output.answer.split(",") == [str(i) for i in range(n)]  # every message, once, in order
