@@ -24,12 +24,24 @@ DEFAULT_BUFFER_SIZE = 64
 class Inbox:
     """The receiving end of one agent's channel."""
 
-    __slots__ = ("name", "_queue", "_closed")
+    __slots__ = ("name", "_queue", "_closed", "_closed_fut")
 
     def __init__(self, name: str, capacity: int) -> None:
         self.name = name
         self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=capacity)
         self._closed = False
+        self._closed_fut: asyncio.Future[None] | None = None
+
+    def close(self) -> None:
+        """Refuse further messages; senders waiting for room get :class:`MailboxSend`.
+
+        Messages already accepted stay readable from this inbox. Called when the
+        agent is unregistered or its name is registered again.
+        """
+        self._closed = True
+        fut = self._closed_fut
+        if fut is not None and not fut.done():
+            fut.set_result(None)
 
     @property
     def capacity(self) -> int:
@@ -77,14 +89,28 @@ class Inbox:
         if not q.full():
             q.put_nowait(msg)
             return
-        if timeout_s is None:
-            await q.put(msg)
-            return
+        # Backpressure: wait for room, for the timeout, or for the inbox to close.
+        if self._closed_fut is None:
+            self._closed_fut = asyncio.get_running_loop().create_future()
+        put = asyncio.ensure_future(q.put(msg))
         try:
-            async with asyncio.timeout(timeout_s):
-                await q.put(msg)
-        except TimeoutError:
-            raise MailboxFull(self.name, q.maxsize, timeout_s) from None
+            done, _ = await asyncio.wait((put, self._closed_fut), timeout=timeout_s,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            put.cancel()
+            raise
+        if put in done:
+            put.result()
+            return
+        put.cancel()
+        try:
+            await put
+        except asyncio.CancelledError:
+            pass
+        if self._closed:
+            raise MailboxSend(f"inbox of '{self.name}' was closed while the message waited for room; "
+                              "it was not delivered")
+        raise MailboxFull(self.name, q.maxsize, timeout_s)  # type: ignore[arg-type]
 
     def __aiter__(self) -> "Inbox":
         return self
@@ -118,7 +144,7 @@ class Mailbox:
         """Create (or replace) ``name``'s inbox and return it."""
         old = self._inboxes.get(name)
         if old is not None:
-            old._closed = True
+            old.close()
         inbox = Inbox(name, self.buffer_size)
         self._inboxes[name] = inbox
         return inbox
@@ -127,7 +153,7 @@ class Mailbox:
         """Drop ``name``'s inbox; later sends to it raise :class:`MailboxSend`."""
         inbox = self._inboxes.pop(name, None)
         if inbox is not None:
-            inbox._closed = True
+            inbox.close()
 
     def names(self) -> list[str]:
         """Registered agent names."""

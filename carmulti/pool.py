@@ -61,7 +61,7 @@ class MessageRouter:
         """Create (or replace) ``agent_id``'s inbox and return it."""
         old = self._inboxes.get(agent_id)
         if old is not None:
-            old._closed = True
+            old.close()
         inbox = Inbox(str(agent_id), self.inbox_capacity)
         self._inboxes[agent_id] = inbox
         return inbox
@@ -69,7 +69,7 @@ class MessageRouter:
     def unregister(self, agent_id: AgentId) -> None:
         inbox = self._inboxes.pop(agent_id, None)
         if inbox is not None:
-            inbox._closed = True
+            inbox.close()
 
     async def send(self, msg: AgentMessage, *, timeout_s: float | None = None) -> None:
         """Deliver ``msg`` to agent ``msg.to``.

@@ -391,3 +391,35 @@ async def test_cancelling_a_recv_never_loses_a_message(make_infra):
     run = await asyncio.wait_for(task, 60)
     assert run.error is None
     assert run.output.answer.split(",") == [str(i) for i in range(n)]  # every message, once, in order
+
+
+async def test_unregistering_a_full_inbox_fails_its_blocked_senders_instead_of_stranding_them():
+    from carmulti import Mailbox, MailboxSend, Message
+
+    mb = Mailbox(buffer_size=1)
+    inbox = mb.register("x")
+    await mb.send(Message("a", "x", "first"))
+    blocked = asyncio.ensure_future(mb.send(Message("a", "x", "second")))
+    await asyncio.sleep(0.01)
+    assert not blocked.done()
+    mb.unregister("x")
+    with pytest.raises(MailboxSend, match="was closed while the message waited for room; it was not delivered"):
+        await asyncio.wait_for(blocked, 5)
+    assert (await inbox.recv(timeout_s=1)).content == "first"  # accepted messages stay readable
+    assert inbox.qsize() == 0
+
+
+async def test_a_full_inbox_still_times_out_with_mailbox_full_and_keeps_order():
+    from carmulti import Mailbox, MailboxFull, Message
+
+    mb = Mailbox(buffer_size=2)
+    inbox = mb.register("x")
+    for i in range(2):
+        await mb.send(Message("a", "x", i))
+    with pytest.raises(MailboxFull):
+        await mb.send(Message("a", "x", 2), timeout_s=0.05)
+    waiting = asyncio.ensure_future(mb.send(Message("a", "x", 3)))
+    await asyncio.sleep(0.01)
+    assert (await inbox.recv()).content == 0
+    await asyncio.wait_for(waiting, 5)
+    assert [(await inbox.recv()).content for _ in range(2)] == [1, 3]
