@@ -39,11 +39,19 @@ Recovery (:meth:`EventLog.open`):
     The journal is read and verified front to back.  At the first damaged record (bad
     CRC, bad JSON, wrong fields, missing newline, or a non-dense ``seq``):
 
-    * if no valid record follows, the damage is a torn tail: the file is truncated to the
-      end of the last good record, appending continues after it, and the repair is
+    * if the damage is confined to the final line (a write cut short: no newline, or a
+      bad checksum on the very last record), it is a torn tail: the file is truncated to
+      the end of the last good record, appending continues after it, and the repair is
       reported in ``log.recovery`` and logged on the ``carcore.eventlog`` logger;
-    * if any valid record follows, :class:`carcore.errors.LogCorruptedError` is raised
-      with the byte offset of the first bad record.  Damage is never skipped silently.
+    * otherwise -- more lines follow the damage, or a complete, checksummed record has
+      the wrong ``seq`` (a duplicated or misplaced record is not a torn write) --
+      :class:`carcore.errors.LogCorruptedError` is raised with the byte offset of the
+      first bad record.  Damage is never skipped silently.
+
+Writers:
+    A journal has exactly one writer: ``EventLog(path)`` and ``EventLog.open(path)``
+    take an exclusive ``flock`` on the file (released on close or process death) and
+    raise ``BlockingIOError`` when another EventLog, in this or another process, holds it.
 """
 
 from libc.stdint cimport int64_t
@@ -54,6 +62,8 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStri
 from carcore.includes cimport system
 from carcore.includes.system cimport realtime_ns, monotonic_ns
 
+import errno
+import fcntl
 import logging
 import os
 import re
@@ -382,7 +392,19 @@ cdef class EventLog:
 
     def _open_fd(self, str p, int64_t size):
         existed = os.path.exists(p)
-        self._fd = os.open(p, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = os.open(p, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            # One writer per journal: a second EventLog on the same file (in this or
+            # another process) would interleave sequence numbers.
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise BlockingIOError(
+                errno.EWOULDBLOCK,
+                f"event journal {p!r} is already open for writing by another EventLog (in this or "
+                "another process); a journal has exactly one writer: close the other log first",
+            ) from None
+        self._fd = fd
         self._path = p
         self._file_size = size
         self._unsynced = 0
@@ -420,11 +442,13 @@ cdef class EventLog:
         log._reserve(64)
         log._offs[0] = 0
         p = os.fspath(path)
+        log._open_fd(p, 0)  # take the writer lock before reading or repairing anything
         try:
             with open(p, "rb") as f:
                 data = f.read()
-        except FileNotFoundError:
-            data = b""
+        except BaseException:
+            log.close()
+            raise
         cdef Py_ssize_t n = len(data)
         cdef Py_ssize_t pos = 0
         cdef Py_ssize_t nl
@@ -445,21 +469,26 @@ cdef class EventLog:
             pos = nl + 1
         truncated = 0
         if bad is not None:
-            if _valid_record_after(data, bad):
+            # A torn write damages only the final line. A complete, checksummed record
+            # out of sequence, or damage with more lines after it, is corruption.
+            last_nl = data.find(b"\n", bad)
+            if (str(reason).startswith("sequence number") or (last_nl >= 0 and last_nl != n - 1)
+                    or _valid_record_after(data, bad)):
+                log.close()
                 raise LogCorruptedError(p, bad, reason)
             truncated = n - bad
-            fd = os.open(p, os.O_WRONLY)
             try:
-                os.ftruncate(fd, bad)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+                os.ftruncate(log._fd, bad)
+                os.fsync(log._fd)
+            except BaseException:
+                log.close()
+                raise
             _logger.warning(
                 "event journal %r had a torn tail: truncated %d byte(s) at offset %d (%s); "
                 "%d record(s) recovered",
                 p, truncated, bad, reason, log._n,
             )
-        log._open_fd(p, pos)
+        log._file_size = pos
         log.recovery = RecoveryReport(log._n, truncated, bad)
         return log
 

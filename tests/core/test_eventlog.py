@@ -335,3 +335,79 @@ def test_log_corrupted_error_pickles():
     e = LogCorruptedError("/x", 12, "bad")
     e2 = pickle.loads(pickle.dumps(e))
     assert (e2.path, e2.offset, e2.reason) == ("/x", 12, "bad") and str(e2) == str(e)
+
+
+KILL_CHILD = r"""
+import os, signal, sys
+from carcore import EventLog
+log = EventLog(sys.argv[1], fsync=sys.argv[2])
+for i in range(2000):
+    log.append("tick", {"i": i})
+    sys.stdout.write(f"{i}\n")  # acknowledged: append returned
+    sys.stdout.flush()
+    if i == 1234:
+        os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.parametrize("policy", ["batch", "never", "always"])
+def test_acknowledged_appends_survive_kill_9_and_the_writer_lock_is_released(tmp_path, policy):
+    import subprocess
+    import sys
+
+    path = tmp_path / "j.log"
+    proc = subprocess.run([sys.executable, "-c", KILL_CHILD, str(path), policy], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == -9
+    acked = int(proc.stdout.split()[-1])
+    assert acked == 1234
+    log = EventLog.open(path)  # the dead writer's lock is gone
+    try:
+        assert len(log) >= acked + 1
+        assert [e.data["i"] for e in log.events()] == list(range(len(log)))
+    finally:
+        log.close()
+
+
+def _journal_lines(path):
+    return path.read_bytes().splitlines(keepends=True)
+
+
+def test_a_checksummed_record_out_of_sequence_at_the_tail_is_corruption_not_a_torn_write(tmp_path):
+    path = tmp_path / "j.log"
+    with EventLog(path) as log:
+        for i in range(3):
+            log.append("k", {"i": i})
+    lines = _journal_lines(path)
+    path.write_bytes(b"".join(lines) + lines[-1])  # the last record written twice
+    with pytest.raises(LogCorruptedError) as ei:
+        EventLog.open(path)
+    assert ei.value.offset == sum(len(x) for x in lines)
+    assert "sequence number 2 where 3 was expected" in str(ei.value)
+
+
+def test_a_bad_complete_record_followed_by_a_torn_one_is_corruption(tmp_path):
+    path = tmp_path / "j.log"
+    with EventLog(path) as log:
+        for i in range(3):
+            log.append("k", {"i": i})
+    lines = _journal_lines(path)
+    broken = b"00000000" + lines[1][8:]
+    path.write_bytes(lines[0] + broken + lines[2][:10])
+    with pytest.raises(LogCorruptedError) as ei:
+        EventLog.open(path)
+    assert ei.value.offset == len(lines[0])
+
+
+def test_two_writers_on_one_journal_are_refused(tmp_path):
+    path = tmp_path / "j.log"
+    first = EventLog(path)
+    try:
+        first.append("a")
+        with pytest.raises(BlockingIOError, match="already open for writing by another EventLog"):
+            EventLog.open(path)
+    finally:
+        first.close()
+    again = EventLog.open(path)
+    assert len(again) == 1
+    again.close()
