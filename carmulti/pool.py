@@ -22,6 +22,7 @@ from .errors import MailboxSend, PoolAtCapacity
 from .executors.base import AgentJob
 from .mailbox import Inbox
 from .patterns._common import failed_output, gate, settle
+from .runner import check_runner
 from .types import AgentOutput, AgentSpec
 
 if TYPE_CHECKING:
@@ -125,6 +126,7 @@ class AgentPool:
     """
 
     def __init__(self, runner: "AgentRunner", max_concurrent: int, *, infra: "SharedInfra | None" = None) -> None:
+        check_runner(runner)
         if not isinstance(max_concurrent, int) or isinstance(max_concurrent, bool) or max_concurrent < 1:
             raise ValueError(f"AgentPool max_concurrent must be an int >= 1, got {max_concurrent!r}")
         if infra is None:

@@ -20,7 +20,10 @@ Kinds, coordinator → worker:
 * ``ret``     ``{"t", "rets": [{"rid": int, "ok": any} | {"rid": int, "err": error}]}``.
 * ``rret``    the reply to one synchronous ``rpc`` (same shape as one ``ret`` entry).
 * ``cancel``  ``{"t", "jobs": [int]}``: the caller cancelled these jobs.
-* ``ping``    ``{"t", "n": int}``;  ``stop`` ``{"t"}``.
+* ``ping``    ``{"t", "n": int, "jobs"?: [int]}`` (``jobs``: which of these does the worker
+  still run or owe a result for?);  ``stop`` ``{"t"}``.
+* ``forget``  ``{"t", "runners"?: [int], "infras"?: [int]}``: cached runners / infras no
+  coordination needs any more (an infra is released when its last running job ends).
 
 Kinds, worker → coordinator:
 
@@ -35,8 +38,11 @@ Kinds, worker → coordinator:
 * ``rpc``     ``{"t", "rid": int, "op": "get"|"exists"|"keys"|"call", "i"?: int,
   "k"?: str, "job"?: int, "o"?: int, "m"?: str, "a"?: list}`` (synchronous
   request on the worker's second DEALER; answered by ``rret``).
-* ``pong``    ``{"t", "n": int, "rejected": int}``; ``stuck`` ``{"t", "job": int}``;
-  ``nack``    ``{"t", "err": str}`` (the worker rejected a frame).
+* ``pong``    ``{"t", "n": int, "rejected": int, "unknown"?: [int]}`` (``unknown``: the asked
+  jobs the worker neither runs nor owes: their results were lost); ``stuck`` ``{"t", "job": int}``;
+  ``nack``    ``{"t", "err": str, "jobs"?: [int]}`` (the worker rejected a frame; ``jobs`` it carried).
+* ``hb``      ``{"t"}`` from the worker's heartbeat socket (identity ``w{index}.{gen}/h``), every
+  ``heartbeat_timeout_s / 5`` seconds.
 
 A frame that breaks these rules raises :class:`~carmulti.WireProtocolError`
 naming the rule and the ``$.path`` of the offending field; receivers log it,
@@ -45,6 +51,7 @@ count it and keep serving.
 
 from __future__ import annotations
 
+import base64
 from typing import Any, Callable
 
 import orjson
@@ -64,6 +71,8 @@ __all__ = [
 VERSION = b"\x01"
 #: Largest body frame accepted, in bytes (64 MiB).
 DEFAULT_MAX_FRAME_BYTES = 64 * 1024 * 1024
+#: ``ZMQ_MAXMSGSIZE`` is ``max_frame_bytes`` plus this, in bytes: a bigger message disconnects its sender.
+SOCKET_SLACK = 1 << 16
 
 _NUM = (int, float)
 _TYPE_NAMES = {str: "str", int: "int", float: "number", bool: "bool", list: "list", dict: "object",
@@ -196,15 +205,72 @@ def _check_job(j: Any, path: str) -> None:
                 _fail(f"{path}.mb.k", f"unknown mailbox kind {kind!r} (expected 'mb' or 'pool')")
 
 
-#: Field names of the positional output array (used in error paths).
-OUTPUT_FIELDS = ("name", "answer", "turns", "tool_calls", "duration_ms", "outcome", "tokens", "tools_used")
+#: Field names of the positional output array (used in error paths); ``error`` is present only when set.
+OUTPUT_FIELDS = ("name", "answer", "turns", "tool_calls", "duration_ms", "outcome", "tokens", "tools_used", "error")
+#: Tag of a str that JSON cannot carry (it holds lone surrogates): ``{"$u": base64 of its surrogatepass UTF-8}``.
+SURROGATE_TAG = "$u"
 
 
 def output_to_wire(o: Any) -> list[Any]:
-    """An ``AgentOutput`` as the positional wire array."""
+    """An ``AgentOutput`` as the positional wire array (``error`` appended only when set)."""
     t = o.tokens
-    return [o.name, o.answer, o.turns, o.tool_calls, o.duration_ms, o.outcome,
-            None if t is None else [t.input_tokens, t.output_tokens, t.cost_usd], o.tools_used]
+    out = [o.name, o.answer, o.turns, o.tool_calls, o.duration_ms, o.outcome,
+           None if t is None else [t.input_tokens, t.output_tokens, t.cost_usd], o.tools_used]
+    if o.error is not None:
+        out.append(o.error)
+    return out
+
+
+def escape_strings(out: list[Any]) -> list[Any]:
+    """``out`` (a wire output) with every str orjson refuses (lone surrogates) tagged, for :func:`output_from_wire`."""
+    def esc(s: Any) -> Any:
+        if type(s) is str:
+            try:
+                s.encode("utf-8")
+            except UnicodeEncodeError:
+                return {SURROGATE_TAG: base64.b64encode(s.encode("utf-8", "surrogatepass")).decode("ascii")}
+        return s
+
+    out = list(out)
+    for k in (0, 1, 8):
+        if k < len(out):
+            out[k] = esc(out[k])
+    if type(out[7]) is list:
+        out[7] = [esc(x) for x in out[7]]
+    return out
+
+
+def _unescape(v: Any) -> Any:
+    if type(v) is dict:
+        return base64.b64decode(v[SURROGATE_TAG]).decode("utf-8", "surrogatepass")
+    return v
+
+
+def output_from_wire(o: list[Any]) -> Any:
+    """Inverse of :func:`output_to_wire` (for an array that passed :func:`decode`)."""
+    from ..types import AgentOutput, TokenAccounting
+
+    tok = o[6]
+    tools = o[7]
+    if len(o) == 9:
+        name, answer, error = _unescape(o[0]), _unescape(o[1]), _unescape(o[8])
+        tools = [_unescape(t) for t in tools]
+    else:
+        name, answer, error = o[0], o[1], None
+        if type(name) is dict or type(answer) is dict or any(type(t) is dict for t in tools):
+            name, answer, tools = _unescape(name), _unescape(answer), [_unescape(t) for t in tools]
+    return AgentOutput(name, answer, o[2], o[3], float(o[4]), error, o[5],
+                       None if tok is None else TokenAccounting(tok[0], tok[1], float(tok[2])), tools)
+
+
+def _want_str(v: Any, path: str) -> None:
+    if type(v) is dict and len(v) == 1 and type(v.get(SURROGATE_TAG)) is str:
+        try:
+            base64.b64decode(v[SURROGATE_TAG], validate=True).decode("utf-8", "surrogatepass")
+        except (ValueError, UnicodeDecodeError) as exc:
+            _fail(path, f"bad {SURROGATE_TAG} string: {exc}")
+        return
+    _want(v, str, path, "str")
 
 
 def _check_output(o: Any, path: str) -> None:
@@ -213,10 +279,10 @@ def _check_output(o: Any, path: str) -> None:
         return  # fast path: the common shape
     if type(o) is not list:
         _fail(path, f"expected list [{', '.join(OUTPUT_FIELDS)}], got {_tn(o)}")
-    if len(o) != 8:
-        _fail(path, f"expected 8 fields [{', '.join(OUTPUT_FIELDS)}], got {len(o)}")
-    _want(o[0], str, f"{path}[0] (name)", "str")
-    _want(o[1], str, f"{path}[1] (answer)", "str")
+    if len(o) not in (8, 9):
+        _fail(path, f"expected 8 fields [{', '.join(OUTPUT_FIELDS[:8])}] (+ error), got {len(o)}")
+    _want_str(o[0], f"{path}[0] (name)")
+    _want_str(o[1], f"{path}[1] (answer)")
     _want(o[2], int, f"{path}[2] (turns)", "int")
     _want(o[3], int, f"{path}[3] (tool_calls)", "int")
     _want(o[4], _NUM, f"{path}[4] (duration_ms)", "number")
@@ -230,7 +296,9 @@ def _check_output(o: Any, path: str) -> None:
         _want(tok[2], _NUM, f"{p}[2]", "number")
     _want(o[7], list, f"{path}[7] (tools_used)", "list")
     for i, t in enumerate(o[7]):
-        _want(t, str, f"{path}[7][{i}]", "str")
+        _want_str(t, f"{path}[7][{i}]")
+    if len(o) == 9:
+        _want_str(o[8], f"{path}[8] (error)")
 
 
 def _check_result(r: Any, path: str) -> None:
@@ -327,8 +395,22 @@ def _v_cancel(b: dict[str, Any], blob: bool) -> None:
         _want(j, int, f"$.jobs[{i}]", "int")
 
 
+def _int_list(b: dict[str, Any], key: str) -> None:
+    v = b.get(key)
+    if v is not None:
+        _want(v, list, f"$.{key}", "list")
+        for i, j in enumerate(v):
+            _want(j, int, f"$.{key}[{i}]", "int")
+
+
 def _v_n(b: dict[str, Any], blob: bool) -> None:
     _int(b, "n", "$")
+    _int_list(b, "jobs")
+
+
+def _v_forget(b: dict[str, Any], blob: bool) -> None:
+    _int_list(b, "runners")
+    _int_list(b, "infras")
 
 
 def _v_none(b: dict[str, Any], blob: bool) -> None:
@@ -387,6 +469,7 @@ def _v_rpc(b: dict[str, Any], blob: bool) -> None:
 def _v_pong(b: dict[str, Any], blob: bool) -> None:
     _int(b, "n", "$")
     _int(b, "rejected", "$")
+    _int_list(b, "unknown")
 
 
 def _v_stuck(b: dict[str, Any], blob: bool) -> None:
@@ -395,17 +478,34 @@ def _v_stuck(b: dict[str, Any], blob: bool) -> None:
 
 def _v_nack(b: dict[str, Any], blob: bool) -> None:
     _str(b, "err", "$")
+    _int_list(b, "jobs")
 
 
 #: Kinds a worker accepts (from the coordinator) and their validators.
 TO_WORKER: dict[str, Callable[[dict[str, Any], bool], None]] = {
     "runner": _v_runner, "infra": _v_runner, "jobs": _v_jobs, "ret": _v_ret, "rret": _v_rret,
-    "cancel": _v_cancel, "ping": _v_n, "stop": _v_none,
+    "cancel": _v_cancel, "ping": _v_n, "stop": _v_none, "forget": _v_forget,
 }
 #: Kinds the coordinator accepts (from a worker) and their validators.
 TO_COORDINATOR: dict[str, Callable[[dict[str, Any], bool], None]] = {
     "hello": _v_hello, "batch": _v_batch, "rpc": _v_rpc, "pong": _v_pong, "stuck": _v_stuck, "nack": _v_nack,
+    "hb": _v_none,
 }
+
+
+def salvage_ids(raw: bytes, field: str, key: str) -> list[int]:
+    """The ``key`` ints of the items under ``field`` in a body that failed validation (best effort).
+
+    Lets the receiver fail exactly the jobs (or requests) a rejected frame carried.
+    """
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return []
+    items = body.get(field) if type(body) is dict else None
+    if type(items) is not list:
+        return []
+    return [it[key] for it in items if type(it) is dict and type(it.get(key)) is int]
 
 
 def decode(frames: list[bytes], kinds: dict[str, Callable[[dict[str, Any], bool], None]],
@@ -453,6 +553,40 @@ def decode(frames: list[bytes], kinds: dict[str, Callable[[dict[str, Any], bool]
         _fail("$", f"kind {t!r} takes 2 frames, got 3")
     check(body, blob is not None)  # type: ignore[misc]
     return body, blob
+
+
+# -- frames sized by bytes -----------------------------------------------------------
+
+#: Room kept in every frame for the envelope around its items, in bytes.
+FRAME_OVERHEAD = 256
+
+
+def pack_frames(prefix: bytes, suffix: bytes, parts: list[bytes], limit: int) -> list[bytes]:
+    """Join pre-encoded JSON items into as few bodies ``prefix + a,b,c + suffix`` of at most ``limit`` bytes.
+
+    Every part must fit alone (``len(part) <= limit - FRAME_OVERHEAD``); the
+    caller fails or replaces the ones that do not.
+    """
+    frames: list[bytes] = []
+    cur: list[bytes] = []
+    base = len(prefix) + len(suffix)
+    size = base
+    for b in parts:
+        if cur and size + len(b) + 1 > limit:
+            frames.append(prefix + b",".join(cur) + suffix)
+            cur = []
+            size = base
+        cur.append(b)
+        size += len(b) + 1
+    if cur:
+        frames.append(prefix + b",".join(cur) + suffix)
+    return frames
+
+
+def too_big(what: str, size: int, limit: int) -> str:
+    """The error text for a payload that cannot travel in one frame."""
+    return (f"{what} is {size} bytes on the wire, which exceeds max_frame_bytes={limit}: pass large data "
+            f"through files (or in pieces), or raise ProcessExecutor(max_frame_bytes=...)")
 
 
 # -- errors across the wire ------------------------------------------------------------

@@ -26,6 +26,7 @@ import logging
 import math
 import os
 import signal
+import threading
 import time
 from typing import Any
 
@@ -38,7 +39,7 @@ from ..mailbox import Mailbox
 from ..runtime import Runtime
 from ..types import AgentOutput, AgentSpec, Message
 from . import _wire as W
-from .base import coerce_output, exception_text
+from .base import check_output, exception_text
 
 __all__ = ["main"]
 
@@ -79,6 +80,34 @@ def dec_value(v: Any) -> Any:
             d = v["$amsg"]
             return AgentMessage(d["from_id"], d["to"], d["content"])
     return v
+
+
+# -- liveness ----------------------------------------------------------------------------
+
+def _heartbeat(ctx: Any, ident: bytes, endpoint: str, interval_s: float, stop: threading.Event) -> None:
+    """Thread: tell the coordinator every ``interval_s`` that this process is alive.
+
+    A thread, not a loop callback: a runner busy in Python code (or in C code
+    that releases the GIL) keeps its worker alive, while a stopped process
+    (SIGSTOP) or one wedged in C code holding the GIL goes silent and is
+    replaced by the coordinator after ``heartbeat_timeout_s``.
+    """
+    sock = ctx.socket(zmq.DEALER)
+    try:
+        sock.setsockopt(zmq.IDENTITY, ident)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, 4)
+        sock.connect(endpoint)
+        frame = [W.VERSION, orjson.dumps({"t": "hb"})]
+        while True:
+            try:
+                sock.send_multipart(frame, zmq.NOBLOCK)
+            except zmq.Again:  # the coordinator is behind: it still has beats to read
+                pass
+            if stop.wait(interval_s):
+                return
+    finally:
+        sock.close(linger=0)
 
 
 # -- the agent's state view ---------------------------------------------------------------
@@ -203,13 +232,17 @@ class _EventSink:
         Raises:
             TypeError: ``data`` is not JSON-serializable (as ``EventLog.append``);
                 nothing is buffered.
+            ValueError: ``data`` cannot travel in one frame (``max_frame_bytes``).
         """
         rec: dict[str, Any] = {"kind": kind, "ts_ns": time.time_ns()}
         if data is not None:
             try:
-                orjson.dumps(data, option=_STRICT_JSON)
+                size = len(orjson.dumps(data, option=_STRICT_JSON))
             except TypeError as exc:
                 raise TypeError(f"event data for kind {kind!r} is not JSON-serializable: {exc}") from None
+            limit = self._w.max_frame_bytes
+            if size > limit - 4 * W.FRAME_OVERHEAD:
+                raise ValueError(W.too_big(f"event data for kind {kind!r}", size, limit))
             rec["data"] = data
         if agent is not None:
             rec["agent"] = agent
@@ -369,21 +402,35 @@ class RemotePooledMailbox:
 # -- the worker ----------------------------------------------------------------------------------
 
 class _WInfra:
-    __slots__ = ("budget", "policies", "sink", "error")
+    """One coordination's budget (attached shared memory), policies and event sink, in this worker."""
+
+    __slots__ = ("budget", "policies", "sink", "error", "jobs", "forgotten")
 
     def __init__(self, budget: Any, policies: Any, sink: _EventSink, error: str | None = None) -> None:
         self.budget = budget
         self.policies = policies
         self.sink = sink
         self.error = error
+        self.jobs = 0  # running jobs of this coordination
+        self.forgotten = False  # the coordinator is done with it: release when its last job ends
+
+    def release(self) -> None:
+        if self.budget is not None:
+            try:
+                self.budget.close()
+            except Exception:  # noqa: BLE001 - best effort: a mapping, not data
+                pass
+            self.budget = None
 
 
 class _WJob:
     __slots__ = ("id", "spec", "task", "view", "timeout", "timed_out", "coord_cancelled", "finished",
-                 "timer", "t0")
+                 "timer", "t0", "infra", "infra_id")
 
     def __init__(self, jid: int, spec: AgentSpec, view: _StateView, timeout: Any) -> None:
         self.id = jid
+        self.infra: _WInfra | None = None
+        self.infra_id = 0
         self.spec = spec
         self.task: asyncio.Task[Any] | None = None
         self.view = view
@@ -433,8 +480,16 @@ class _Worker:
         rsock = self.rsock = ctx.socket(zmq.DEALER)
         rsock.setsockopt(zmq.IDENTITY, ident + b"/r")
         rsock.setsockopt(zmq.LINGER, 0)
+        maxmsg = self.max_frame_bytes + W.SOCKET_SLACK  # a bigger message disconnects its sender
+        sock.setsockopt(zmq.MAXMSGSIZE, maxmsg)
+        rsock.setsockopt(zmq.MAXMSGSIZE, maxmsg)
         rsock.connect(self.cfg["endpoint"])
         self.stopped: asyncio.Future[None] = loop.create_future()
+        beat_stop = threading.Event()
+        beat = threading.Thread(target=_heartbeat, args=(ctx, ident + b"/h", self.cfg["endpoint"],
+                                                         float(self.cfg.get("heartbeat_interval_s", 1.0)), beat_stop),
+                                name="carmulti-heartbeat", daemon=True)
+        beat.start()
         loop.add_reader(sock.FD, self._on_readable)
         parent_fd = None
         try:
@@ -465,11 +520,9 @@ class _Worker:
             if tasks:
                 await asyncio.wait(tasks, timeout=0.2)
             for wi in self.infras.values():
-                try:
-                    if wi.budget is not None:
-                        wi.budget.close()
-                except Exception:  # noqa: BLE001
-                    pass
+                wi.release()
+            beat_stop.set()
+            beat.join(5.0)
             sock.close(linger=0)
             rsock.close(linger=0)
             ctx.term()
@@ -488,8 +541,15 @@ class _Worker:
                     body, blob = W.decode(frames, W.TO_WORKER, self.max_frame_bytes)
                 except WireProtocolError as exc:
                     self.rejected += 1
-                    log.warning("carmulti worker %d rejected a frame: %s", os.getpid(), exc)
-                    self._send([W.VERSION, orjson.dumps({"t": "nack", "err": str(exc)})])
+                    if self.rejected <= 3 or self.rejected % 1000 == 0:  # rate-limited: a flood logs a few lines
+                        log.warning("carmulti worker %d rejected a frame (%d so far): %s", os.getpid(),
+                                    self.rejected, exc)
+                    nack: dict[str, Any] = {"t": "nack", "err": str(exc)}
+                    if len(frames) >= 2:
+                        jobs = [j for j in W.salvage_ids(frames[1], "jobs", "id") if j not in self.jobs]
+                        if jobs:
+                            nack["jobs"] = jobs  # the coordinator fails exactly these
+                    self._send([W.VERSION, orjson.dumps(nack)])
                     continue
                 self._dispatch(body, blob)
         except zmq.Again:
@@ -543,7 +603,20 @@ class _Worker:
                     job.coord_cancelled = True
                     job.task.cancel()
         elif t == "ping":
-            self._send([W.VERSION, orjson.dumps({"t": "pong", "n": body["n"], "rejected": self.rejected})])
+            pong: dict[str, Any] = {"t": "pong", "n": body["n"], "rejected": self.rejected}
+            asked = body.get("jobs")
+            if asked:
+                # jobs the coordinator still waits for that this worker neither runs nor has answered:
+                # lost on the way (a frame dropped). Results already finished go out first.
+                self._flush()
+                pong["unknown"] = [j for j in asked if j not in self.jobs]
+            self._send([W.VERSION, orjson.dumps(pong)])
+        elif t == "forget":
+            for rid in body.get("runners", ()):
+                self.runners.pop(rid, None)
+                self.runner_errors.pop(rid, None)
+            for iid in body.get("infras", ()):
+                self._forget_infra(iid)
         elif t == "stop":
             if not self.stopped.done():
                 self.stopped.set_result(None)
@@ -587,6 +660,8 @@ class _Worker:
                                           RemoteRouter(self, jid, mb["rt"]))
         job = _WJob(jid, spec, view, j.get("to"))
         job.t0 = t0
+        job.infra, job.infra_id = wi, j["i"]
+        wi.jobs += 1
         self.jobs[jid] = job
         try:
             coro = runner.run(spec, j["task"], rt, mailbox)
@@ -599,11 +674,11 @@ class _Worker:
             ctx.parent_state = None
             ctx.local_state = view
             coro = TaskScope.run(ctx, coro)
-        job.task = self.loop.create_task(self._run(job, coro))
+        job.task = self.loop.create_task(self._run(job, coro, rt))
         if job.timeout is not None:
             job.timer = self.loop.call_later(job.timeout, self._on_timeout, job)
 
-    async def _run(self, job: _WJob, coro: Any) -> None:
+    async def _run(self, job: _WJob, coro: Any, rt: Runtime) -> None:
         result: Any = None
         err: str | None = None
         try:
@@ -613,6 +688,7 @@ class _Worker:
                 if job.coord_cancelled or self.stopped.done():
                     job.finished = True
                     self.jobs.pop(job.id, None)
+                    self._job_ended(job)
                     return
                 task = asyncio.current_task()
                 if task is not None and task.cancelling():
@@ -621,10 +697,8 @@ class _Worker:
                 err = "join error: CancelledError raised by the runner"
         except Exception as exc:  # noqa: BLE001 - agent failures are values
             err = exception_text(exc)
-        except BaseException as exc:  # noqa: BLE001 - SystemExit in a runner: a crashed agent (as local)
-            if isinstance(exc, (KeyboardInterrupt, GeneratorExit)):
-                raise
-            err = f"join error: {type(exc).__name__}: {exc}"
+        except BaseException as exc:  # noqa: BLE001 - SystemExit, GeneratorExit, KeyboardInterrupt in a runner
+            err = f"join error: {type(exc).__name__}: {exc}"  # a crashed agent, never a dead worker task
         if job.timer is not None:
             job.timer.cancel()
         if job.finished:
@@ -636,7 +710,7 @@ class _Worker:
             self._finish(job, None, err)
             return
         dur = (time.perf_counter() - job.t0) * 1000.0
-        out, err = coerce_output(result, job.spec, dur)
+        out, err = check_output(result, job.spec, dur, rt)
         self._finish(job, out, err, dur)
 
     def _on_timeout(self, job: _WJob) -> None:
@@ -654,17 +728,39 @@ class _Worker:
         self._flush()
         self._send([W.VERSION, orjson.dumps({"t": "stuck", "job": job.id})])
 
+    def _forget_infra(self, iid: int) -> None:
+        wi = self.infras.get(iid)
+        if wi is None:
+            return
+        if wi.jobs:
+            wi.forgotten = True  # released when its last running job ends
+            return
+        del self.infras[iid]
+        wi.release()
+
+    def _job_ended(self, job: _WJob) -> None:
+        wi = job.infra
+        if wi is not None:
+            job.infra = None
+            wi.jobs -= 1
+            if wi.forgotten and wi.jobs == 0 and self.infras.get(job.infra_id) is wi:
+                self._forget_infra(job.infra_id)
+
     def _finish(self, job: _WJob, out: AgentOutput | None, err: str | None, dur: float | None = None) -> None:
         if job.finished:
             return
         job.finished = True
         self.jobs.pop(job.id, None)
+        self._job_ended(job)
         if dur is None:
             dur = (time.perf_counter() - job.t0) * 1000.0
         self._result(job.id, out, err, dur, job.view.ops or None)
 
     def _result(self, jid: int, out: AgentOutput | None, err: str | None, dur: float, ops: list[Any] | None) -> None:
-        r = {"id": jid, "out": None if out is None else W.output_to_wire(out), "err": err, "dur": dur}
+        if out is not None:  # a runner-reported failure travels inside the output (its error field)
+            r = {"id": jid, "out": W.output_to_wire(out), "err": None, "dur": dur}
+        else:
+            r = {"id": jid, "out": None, "err": err, "dur": dur}
         if ops:
             r["ops"] = ops
         self.out_res.append(r)
@@ -757,6 +853,7 @@ class _Worker:
         if not (ev or req or res):
             return
         bs = self.batch_size
+        limit = self.max_frame_bytes
         first = True
         for k in range(0, max(len(res), 1), bs):
             chunk = res[k:k + bs]
@@ -768,57 +865,84 @@ class _Worker:
                     body["req"] = req
                 first = False
             try:
-                data = orjson.dumps(body)
+                data: bytes | None = orjson.dumps(body)
             except TypeError:
-                data = self._encode_slow(body)
-            self._send([W.VERSION, data])
+                data = None
+            if data is not None and len(data) <= limit:
+                self._send([W.VERSION, data])
+                continue
+            for frame in self._split(body):  # rare: something orjson refused, or over the frame limit
+                self._send([W.VERSION, frame])
 
-    def _encode_slow(self, body: dict[str, Any]) -> bytes:
-        """Encode a batch that orjson refused: fail the bad results/requests, stringify bad event data."""
-        res = []
-        for r in body.get("res", ()):
-            try:
-                orjson.dumps(r)
-                res.append(r)
-            except TypeError:
-                out = r.get("out") or ["?"] * 8
-                named = dict(zip(W.OUTPUT_FIELDS, out))
-                bad = W.find_unserializable(named, "$.output") or ("$.output", "not JSON-serializable")
-                fixed = {"id": r["id"], "out": None, "dur": r["dur"],
-                         "err": f"SerializationError: agent '{out[0]}' returned an output that "
-                                f"cannot be sent to the coordinator: {bad[0]}: {bad[1]}"}
-                if r.get("ops"):
-                    fixed["ops"] = r["ops"]
-                res.append(fixed)
-        body["res"] = res
-        req = []
+    def _split(self, body: dict[str, Any]) -> list[bytes]:
+        """Encode a batch item by item: fail what cannot be sent, and pack the rest into frames by bytes.
+
+        Events go first, then requests, then results: the coordinator handles
+        them in that order, so an agent's events still precede its result.
+        """
+        limit = self.max_frame_bytes
+        item_max = limit - W.FRAME_OVERHEAD
+        frames: list[bytes] = []
+        for i, recs in body.get("ev", ()):
+            parts = []
+            for rec in recs:
+                try:
+                    b = orjson.dumps(rec)
+                except TypeError as exc:  # validated at append, so only a value mutated since
+                    b = orjson.dumps(dict(rec, data=f"<unserializable event data: {exc}>"))
+                if len(b) > item_max:
+                    b = orjson.dumps(dict(rec, data=f"<event data dropped: {W.too_big('it', len(b), limit)}>"))
+                parts.append(b)
+            frames += W.pack_frames(b'{"t":"batch","ev":[[%d,[' % i, b"]]]}", parts, limit)
+        parts = []
         for q in body.get("req", ()):
             try:
-                orjson.dumps(q)
-                req.append(q)
+                b = orjson.dumps(q)
+                problem = None if len(b) <= item_max else W.too_big("the request", len(b), limit)
             except TypeError:
                 bad = W.find_unserializable(q.get("params", q.get("a")), "$.params") or ("$", "not JSON-serializable")
-                fut = self.pending.pop(q["rid"], None)
-                if fut is not None and not fut.done():
-                    from ..errors import ToolError
+                problem = f"SerializationError: request cannot be sent to the coordinator: {bad[0]}: {bad[1]}"
+            if problem is None:
+                parts.append(b)
+                continue
+            fut = self.pending.pop(q["rid"], None)
+            if fut is not None and not fut.done():
+                from ..errors import ToolError
 
-                    fut.set_exception(ToolError(f"SerializationError: request cannot be sent to the coordinator: "
-                                                f"{bad[0]}: {bad[1]}"))
-        body["req"] = req
-        ev = body.get("ev")
-        if ev:
-            fixed_ev = []
-            for i, recs in ev:
-                keep = []
-                for rec in recs:
-                    try:
-                        orjson.dumps(rec)
-                    except TypeError as exc:  # validated at append, so only a value mutated since
-                        rec = dict(rec, data=f"<unserializable event data: {exc}>")
-                    keep.append(rec)
-                fixed_ev.append([i, keep])
-            body["ev"] = fixed_ev
-        return orjson.dumps(body)
+                fut.set_exception(ToolError(problem))
+        frames += W.pack_frames(b'{"t":"batch","req":[', b"]}", parts, limit)
+        parts = [self._encode_result(r, item_max) for r in body.get("res", ())]
+        frames += W.pack_frames(b'{"t":"batch","res":[', b"]}", parts, limit)
+        return frames
+
+    def _encode_result(self, r: dict[str, Any], item_max: int) -> bytes:
+        """One result as JSON that fits a frame; else an error result for that agent alone."""
+        out = r.get("out")
+        try:
+            b = orjson.dumps(r)
+        except TypeError:
+            try:  # a str JSON cannot carry (lone surrogates): tag it
+                b = orjson.dumps(dict(r, out=W.escape_strings(out))) if out is not None else orjson.dumps(r)
+            except TypeError:
+                named = dict(zip(W.OUTPUT_FIELDS, out or ()))
+                bad = W.find_unserializable(named, "$.output") or ("$.output", "not JSON-serializable")
+                name = named.get("name", "?")
+                r = {"id": r["id"], "out": None, "dur": r["dur"], "ops": r.get("ops"),
+                     "err": f"SerializationError: agent '{name}' returned an output that cannot be sent to the "
+                            f"coordinator: {bad[0]}: {bad[1]}"}
+                b = orjson.dumps(r)
+        if len(b) <= item_max:
+            return b
+        what = f"the result of agent '{out[0]}'" if out else "the agent's result"
+        ops = r.get("ops")
+        if ops:
+            what += f" (with {len(ops)} state writes)"
+        fail = {"id": r["id"], "out": None, "dur": r["dur"], "err": W.too_big(what, len(b), self.max_frame_bytes)}
+        if ops:
+            with_ops = orjson.dumps(dict(fail, ops=ops))
+            if len(with_ops) <= item_max:
+                return with_ops
+        return orjson.dumps(fail)
 
     def _send(self, frames: list[bytes]) -> None:
         if self.backlog:

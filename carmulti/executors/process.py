@@ -68,7 +68,6 @@ import zmq
 from ..errors import SupervisorGaveUp, WireProtocolError
 from ..isolation import AgentContext
 from ..mailbox import Inbox, Mailbox
-from ..types import AgentOutput, TokenAccounting
 from . import _wire as W
 from ._worker import dec_value, enc_value
 from .base import GC_RELAX_AT, IDEMPOTENT_METADATA_KEY, AgentJob, AgentRun, gc_relax, gc_restore
@@ -81,7 +80,10 @@ __all__ = ["ProcessExecutor"]
 
 log = logging.getLogger("carmulti.executors.process")
 
-_LIVE: "weakref.WeakSet[ProcessExecutor]" = weakref.WeakSet()
+#: Running executors, held strongly: an executor the program dropped without closing must still
+#: have its workers killed at interpreter exit (a weak set let it be collected while its workers
+#: kept multiprocess's resource tracker alive, and exit then waited for the tracker forever).
+_LIVE: "set[ProcessExecutor]" = set()
 _OWNED_HELPERS: set[str] = set()  # multiprocess helper processes we started ("tracker", "forkserver")
 _ATEXIT = False
 
@@ -102,13 +104,16 @@ class _P:
     """One job in flight (coordinator side)."""
 
     __slots__ = ("id", "job", "infra", "runner", "worker", "fut", "batch", "slot", "deadline", "tasks", "objs",
-                 "sent_at", "done", "unsent", "attempts")
+                 "sent_at", "done", "unsent", "attempts", "rentry", "ientry")
 
-    def __init__(self, jid: int, job: AgentJob, infra: "SharedInfra", runner: Any) -> None:
+    def __init__(self, jid: int, job: AgentJob, infra: "SharedInfra", runner: Any, rentry: "_Cached",
+                 ientry: "_Cached") -> None:
         self.id = jid
         self.job = job
         self.infra = infra
         self.runner = runner
+        self.rentry = rentry
+        self.ientry = ientry
         self.worker: _W | None = None
         self.fut: asyncio.Future[AgentRun] | None = None
         self.batch: _Batch | None = None
@@ -158,17 +163,33 @@ class _W:
         self.pong_n = 0
         self.rejected = 0
         self.reader = False
+        self.last_seen = time.monotonic()
 
 
-class _InfraReg:
-    __slots__ = ("iid", "budget", "policies", "blob", "ref")
+class _Cached:
+    """A runner, or one ``SharedInfra``'s ``(budget, policies)``, shipped once to each worker that needs it.
 
-    def __init__(self, iid: int, budget: Any, policies: Any, blob: bytes, ref: Any) -> None:
-        self.iid = iid
-        self.budget = budget
-        self.policies = policies
-        self.blob = blob
-        self.ref = ref
+    ``users`` counts the jobs in flight that need it; at zero it is idle, and the
+    executor keeps only the most recent idle entries (``_IDLE_CACHE``), telling
+    workers to ``forget`` the others, so a long-lived executor serving many
+    fresh coordinations keeps flat memory and shared-memory mappings.
+    """
+
+    __slots__ = ("cid", "obj", "blob", "users", "budget", "policies", "ref", "dead", "__weakref__")
+
+    def __init__(self, cid: int, obj: Any) -> None:
+        self.cid = cid
+        self.obj = obj  # the runner (strong: it may not support weak references); None for an infra
+        self.blob: bytes | None = None  # the dill pickle, made on first shipment
+        self.users = 0
+        self.budget: Any = None
+        self.policies: Any = None
+        self.ref: Any = None  # weakref to the SharedInfra
+        self.dead = False  # an infra that was collected, or whose budget/policies were replaced
+
+
+#: Idle runners (and, separately, idle infras) an executor keeps shipped to its workers.
+_IDLE_CACHE = 8
 
 
 # Methods a worker may call on coordinator-side mailbox objects: (type, name) -> async?
@@ -220,6 +241,13 @@ class ProcessExecutor:
         max_frame_bytes: Largest frame body accepted, in bytes.
         gc_freeze: Freeze start-up objects in workers (``gc.freeze``) so the
             cyclic GC does not rescan them on every collection.
+        heartbeat_timeout_s: A worker process that sends no heartbeat for this
+            long, in seconds (stopped with SIGSTOP, wedged in C code holding the
+            GIL), is SIGKILLed and replaced; its agents fail with an error naming
+            the worker and the silence (idempotent agents run again), whether or
+            not ``agent_timeout_s`` is set. Heartbeats come from a thread of the
+            worker every ``heartbeat_timeout_s / 5`` seconds, so a runner busy
+            in Python code does not count as silent.
         idempotent_retries: How many times an agent whose spec says
             ``metadata={"idempotent": True}`` is re-run on another worker after
             its worker died under it (at-least-once for such agents; every other
@@ -246,7 +274,7 @@ class ProcessExecutor:
                  max_inflight_per_worker: int = 8192, hwm: int = 10_000, startup_timeout_s: float = 60.0,
                  shutdown_timeout_s: float = 2.0, rpc_timeout_s: float = 60.0,
                  max_frame_bytes: int = W.DEFAULT_MAX_FRAME_BYTES, gc_freeze: bool = True,
-                 idempotent_retries: int = 2) -> None:
+                 idempotent_retries: int = 2, heartbeat_timeout_s: float = 10.0) -> None:
         if workers is None:
             workers = os.cpu_count() or 1
         if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
@@ -258,7 +286,7 @@ class ProcessExecutor:
             raise ValueError(f"ProcessExecutor start_method must be 'spawn' or 'forkserver', got {start_method!r}")
         for name, v in (("restart_period_s", restart_period_s), ("cancel_grace_s", cancel_grace_s),
                         ("startup_timeout_s", startup_timeout_s), ("shutdown_timeout_s", shutdown_timeout_s),
-                        ("rpc_timeout_s", rpc_timeout_s)):
+                        ("rpc_timeout_s", rpc_timeout_s), ("heartbeat_timeout_s", heartbeat_timeout_s)):
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0:
                 raise ValueError(f"ProcessExecutor {name} must be a number of seconds > 0, got {v!r}")
         for name, v in (("batch_size", batch_size), ("max_inflight_per_worker", max_inflight_per_worker),
@@ -283,6 +311,7 @@ class ProcessExecutor:
         self.rpc_timeout_s = float(rpc_timeout_s)
         self.max_frame_bytes = max_frame_bytes
         self.gc_freeze = gc_freeze
+        self.heartbeat_timeout_s = float(heartbeat_timeout_s)
         self.rejected_frames = 0
         self.restarts = 0
         self._reset()
@@ -303,10 +332,13 @@ class ProcessExecutor:
         self._pending: dict[int, _P] = {}
         self._queue: collections.deque[_P] = collections.deque()
         self._next_id = 1
-        self._runners: dict[int, tuple[int, Any, bytes]] = {}
-        self._next_rid = 0
-        self._infras: "weakref.WeakKeyDictionary[SharedInfra, _InfraReg]" = weakref.WeakKeyDictionary()
-        self._infra_by_id: dict[int, Any] = {}
+        self._runners: dict[int, _Cached] = {}  # id(runner) -> entry
+        self._infras: "weakref.WeakKeyDictionary[SharedInfra, _Cached]" = weakref.WeakKeyDictionary()
+        self._infra_by_id: dict[int, _Cached] = {}
+        self._idle_runners: collections.OrderedDict[int, _Cached] = collections.OrderedDict()  # by cid
+        self._idle_infras: collections.OrderedDict[int, _Cached] = collections.OrderedDict()
+        self._next_cid = 0
+        self._collected: collections.deque[_Cached] = collections.deque()
         self._objs: dict[int, list[Any]] = {}
         self._oid_by_id: dict[int, int] = {}
         self._next_oid = 1
@@ -316,6 +348,8 @@ class ProcessExecutor:
         self._gave_up: SupervisorGaveUp | None = None
         self._flush_scheduled = False
         self._read_scheduled = False
+        self._reject_logged = 0
+        self._watchdog: asyncio.TimerHandle | None = None
 
     # -- introspection -------------------------------------------------------------------------------
     @property
@@ -363,6 +397,9 @@ class ProcessExecutor:
             self._reset()
             raise
         self._running = True
+        period = self.heartbeat_timeout_s / 4
+        self._watch_due = time.monotonic() + period
+        self._watchdog = loop.call_later(period, self._watch)
         self._starting.set_result(None)
         self._starting = None
 
@@ -380,6 +417,7 @@ class ProcessExecutor:
         sock.setsockopt(zmq.SNDHWM, self.hwm)
         sock.setsockopt(zmq.RCVHWM, self.hwm)
         sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, self.max_frame_bytes + W.SOCKET_SLACK)  # bigger: the sender is cut off
         sock.bind(self.endpoint)
         loop.add_reader(sock.FD, self._on_readable)
         self._mp = multiprocess.get_context(self.start_method)
@@ -414,7 +452,7 @@ class ProcessExecutor:
         cfg = {"endpoint": self.endpoint, "index": index, "gen": gen, "hwm": self.hwm,
                "max_frame_bytes": self.max_frame_bytes, "batch_size": self.batch_size,
                "cancel_grace_s": self.cancel_grace_s, "rpc_timeout_s": self.rpc_timeout_s,
-               "gc_freeze": self.gc_freeze}
+               "gc_freeze": self.gc_freeze, "heartbeat_interval_s": self.heartbeat_timeout_s / 5}
         proc = self._mp.Process(target=_worker.main, args=(cfg,), name=f"carmulti-worker-{index}.{gen}", daemon=True)
         proc.start()
         w = _W(index, gen, proc)
@@ -425,6 +463,7 @@ class ProcessExecutor:
         self._all.append(w)
         self._by_ident[w.ident] = w
         self._by_ident[w.ident + b"/r"] = w
+        self._by_ident[w.ident + b"/h"] = w
         return w
 
     async def aclose(self) -> None:
@@ -456,6 +495,9 @@ class ProcessExecutor:
     async def _teardown(self) -> None:
         loop = self._loop
         self._closing = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         for w in self._all:
             if w.proc is not None and w.proc.exitcode is None:
                 try:
@@ -577,8 +619,9 @@ class ProcessExecutor:
         fut = self._loop.create_future()  # type: ignore[union-attr]
         batch = _Batch(len(jobs), fut)
         ps = []
+        rentry, ientry = self._runner_entry(runner), self._infra_entry(infra)
         for i, job in enumerate(jobs):
-            p = self._new_pending(job, infra, runner)
+            p = self._new_pending(job, infra, runner, rentry, ientry)
             p.batch = batch
             p.slot = i
             ps.append(p)
@@ -591,10 +634,17 @@ class ProcessExecutor:
                 self._cancel(p)
             raise
 
-    def _new_pending(self, job: AgentJob, infra: "SharedInfra", runner: Any) -> _P:
+    def _new_pending(self, job: AgentJob, infra: "SharedInfra", runner: Any, rentry: _Cached | None = None,
+                     ientry: _Cached | None = None) -> _P:
         jid = self._next_id
         self._next_id += 1
-        p = _P(jid, job, infra, runner)
+        rentry = rentry or self._runner_entry(runner)
+        ientry = ientry or self._infra_entry(infra)
+        for e, idle in ((rentry, self._idle_runners), (ientry, self._idle_infras)):
+            if e.users == 0:
+                idle.pop(e.cid, None)
+            e.users += 1
+        p = _P(jid, job, infra, runner, rentry, ientry)
         self._pending[jid] = p
         return p
 
@@ -603,28 +653,95 @@ class ProcessExecutor:
         self._pump()
 
     # -- scheduling --------------------------------------------------------------------------------------------
-    def _runner_id(self, runner: Any) -> tuple[int, bytes]:
-        ent = self._runners.get(id(runner))
-        if ent is None or ent[1] is not runner:
-            import dill
+    def _runner_entry(self, runner: Any) -> _Cached:
+        e = self._runners.get(id(runner))
+        if e is None or e.obj is not runner:
+            self._next_cid += 1
+            e = self._runners[id(runner)] = _Cached(self._next_cid, runner)
+        return e
 
-            blob = dill.dumps(runner, recurse=True)  # __main__ classes carry their globals
-            self._next_rid += 1
-            ent = (self._next_rid, runner, blob)
-            self._runners[id(runner)] = ent
-        return ent[0], ent[2]
+    def _infra_entry(self, infra: "SharedInfra") -> _Cached:
+        e = self._infras.get(infra)
+        if e is None or e.budget is not infra.budget or e.policies is not infra.policies:
+            if e is not None:
+                self._retire(e)  # its budget or policies were replaced
+            self._next_cid += 1
+            e = _Cached(self._next_cid, None)
+            e.budget, e.policies = infra.budget, infra.policies
+            e.ref = weakref.ref(infra, functools.partial(_infra_collected, weakref.ref(self), e))
+            self._infras[infra] = e
+            self._infra_by_id[e.cid] = e
+        return e
 
-    def _infra_reg(self, infra: "SharedInfra") -> _InfraReg:
-        reg = self._infras.get(infra)
-        if reg is None or reg.budget is not infra.budget or reg.policies is not infra.policies:
-            import dill
+    def _retire(self, e: _Cached) -> None:
+        """An infra entry no coordination can use again: forget it once its last job is done."""
+        e.dead = True
+        if e.users == 0 and e.cid in self._infra_by_id:
+            self._idle_infras[e.cid] = e
 
-            iid = max(self._infra_by_id, default=0) + 1
-            blob = dill.dumps((infra.budget, infra.policies))
-            reg = _InfraReg(iid, infra.budget, infra.policies, blob, weakref.ref(infra))
-            self._infras[infra] = reg
-            self._infra_by_id[iid] = reg.ref
-        return reg
+    @staticmethod
+    def _blob(e: _Cached, limit: int) -> bytes:
+        if e.blob is None:
+            from ._pickle import dumps
+
+            e.blob = dumps(e.obj) if e.obj is not None else dumps((e.budget, e.policies))
+        if len(e.blob) > limit:
+            what = "the runner" if e.obj is not None else "the infra's budget and policies"
+            raise ValueError(W.too_big(f"{what} pickled with dill", len(e.blob), limit))
+        return e.blob
+
+    def _release(self, p: _P) -> None:
+        """A job is done with its runner and infra entries."""
+        for e, idle in ((p.rentry, self._idle_runners), (p.ientry, self._idle_infras)):
+            e.users -= 1
+            if e.users == 0:
+                idle[e.cid] = e
+
+    def _evict(self) -> None:
+        """Forget idle entries beyond the most recent ``_IDLE_CACHE`` (and every dead infra), here and in workers."""
+        runners: list[int] = []
+        infras: list[int] = []
+        while self._collected:  # infras garbage-collected since (appended by a weakref callback)
+            self._retire(self._collected.popleft())
+        idle = self._idle_runners
+        while len(idle) > _IDLE_CACHE:
+            _, e = idle.popitem(last=False)
+            if self._runners.get(id(e.obj)) is e:
+                del self._runners[id(e.obj)]
+            runners.append(e.cid)
+        idle = self._idle_infras
+        for cid in [cid for cid, e in idle.items() if e.dead]:
+            infras.append(cid)
+            del idle[cid]
+        while len(idle) > _IDLE_CACHE:
+            _, e = idle.popitem(last=False)
+            infras.append(e.cid)
+            e.dead = True
+        for cid in infras:
+            e = self._infra_by_id.pop(cid, None)
+            inf = e.ref() if e is not None and e.ref is not None else None
+            if inf is not None and self._infras.get(inf) is e:
+                del self._infras[inf]
+        if not (runners or infras):
+            return
+        for w in self._slots:
+            if w is None or w.dead:
+                continue
+            fr = [c for c in runners if c in w.runners]
+            fi = [c for c in infras if c in w.infras]
+            w.runners.difference_update(fr)
+            w.infras.difference_update(fi)
+            if fr or fi:
+                self._send(w, W.encode({"t": "forget", "runners": fr, "infras": fi}))
+
+    def cached_counts(self) -> dict[str, int]:
+        """How many runners and infras this executor keeps shipped to its workers (monitoring).
+
+        Returns:
+            ``{"runners": n, "infras": m}``: those used by jobs in flight plus at
+            most ``_IDLE_CACHE`` (8) idle ones of each.
+        """
+        return {"runners": len(self._runners), "infras": len(self._infra_by_id)}
 
     def _pump(self) -> None:
         q = self._queue
@@ -635,12 +752,13 @@ class ProcessExecutor:
             return
         cap = self.max_inflight_per_worker
         bs = self.batch_size
+        share = -(-len(q) // len(ready))  # spread what is queued evenly over the ready workers
         while q:
             w = min(ready, key=lambda w: len(w.inflight))
             room = cap - len(w.inflight)
             if room <= 0:
                 break
-            for _ in range(min(room, bs, len(q))):
+            for _ in range(min(room, bs, share, len(q))):
                 p = q.popleft()
                 if p.done:
                     continue
@@ -705,20 +823,19 @@ class ProcessExecutor:
                 continue
             job = p.job
             try:
-                if p.runner is not last_runner:
-                    rid, blob = self._runner_id(p.runner)
+                if p.rentry is not last_runner:
+                    rid = p.rentry.cid
                     if rid not in w.runners:
+                        w.ctrl.append(W.encode({"t": "runner", "id": rid}, self._blob(p.rentry, self.max_frame_bytes)))
                         w.runners.add(rid)
-                        w.ctrl.append(W.encode({"t": "runner", "id": rid}, blob))
-                    last_runner = p.runner
-                if p.infra is not last_infra:
-                    reg = self._infra_reg(p.infra)
-                    iid = reg.iid
+                    last_runner = p.rentry
+                if p.ientry is not last_infra:
+                    iid = p.ientry.cid
                     if iid not in w.infras:
+                        w.ctrl.append(W.encode({"t": "infra", "id": iid}, self._blob(p.ientry, self.max_frame_bytes)))
                         w.infras.add(iid)
-                        w.ctrl.append(W.encode({"t": "infra", "id": iid}, reg.blob))
                     to = p.infra.agent_timeout_s
-                    last_infra = p.infra
+                    last_infra = p.ientry
                 spec = job.spec
                 if spec.system_prompt or spec.tools or spec.max_turns != 10 or spec.metadata or spec.cache_control:
                     sd: dict[str, Any] = {"name": spec.name}
@@ -772,23 +889,36 @@ class ProcessExecutor:
         self._flush_scheduled = False
         if self._sock is None:
             return
+        self._evict()
         for w in self._slots:
             if w is None or w.dead:
                 continue
             if w.out:
                 self._flush_jobs(w)
-            if w.ctrl:
-                pass  # sent by _flush_jobs before the jobs
             if w.rets:
                 rets, w.rets = w.rets, []
                 try:
                     data = orjson.dumps({"t": "ret", "rets": rets})
                 except TypeError:
-                    data = orjson.dumps({"t": "ret", "rets": [_safe_ret(r) for r in rets]})
-                self._send(w, [W.VERSION, data])
+                    data = None
+                if data is not None and len(data) <= self.max_frame_bytes:
+                    self._send(w, [W.VERSION, data])
+                else:
+                    parts = [self._encode_ret(r) for r in rets]
+                    for body in W.pack_frames(b'{"t":"ret","rets":[', b"]}", parts, self.max_frame_bytes):
+                        self._send(w, [W.VERSION, body])
             if w.cancels:
                 c, w.cancels = w.cancels, []
                 self._send(w, W.encode({"t": "cancel", "jobs": c}))
+
+    def _encode_ret(self, r: dict[str, Any]) -> bytes:
+        """One reply as JSON that fits a frame; else an error reply naming the size."""
+        r = _safe_ret(r)
+        b = orjson.dumps(r)
+        if len(b) > self.max_frame_bytes - W.FRAME_OVERHEAD:
+            b = orjson.dumps({"rid": r["rid"], "err": {"type": "ValueError", "msg": W.too_big(
+                "the reply (tool result or message)", len(b), self.max_frame_bytes)}})
+        return b
 
     def _flush_jobs(self, w: _W) -> None:
         ps, w.out = w.out, []
@@ -797,25 +927,38 @@ class ProcessExecutor:
             self._send(w, f)
         w.ctrl.clear()
         bs = self.batch_size
+        limit = self.max_frame_bytes
         for k in range(0, len(encoded), bs):
             chunk = encoded[k:k + bs]
             try:
-                data = orjson.dumps({"t": "jobs", "jobs": chunk})
+                data: bytes | None = orjson.dumps({"t": "jobs", "jobs": chunk})
             except TypeError:
-                good = []
-                for d in chunk:
-                    try:
-                        orjson.dumps(d)
-                        good.append(d)
-                    except TypeError:
-                        bad = W.find_unserializable(d, "$") or ("$", "not JSON-serializable")
-                        p = self._pending.get(d["id"])
-                        if p is not None:
-                            w.inflight.pop(p.id, None)
-                            self._resolve(p, AgentRun(None, f"could not send agent '{p.job.spec.name}' to a worker: "
-                                                            f"{bad[0]}: {bad[1]}", 0.0))
-                data = orjson.dumps({"t": "jobs", "jobs": good})
-            self._send(w, [W.VERSION, data])
+                data = None
+            if data is not None and len(data) <= limit:
+                self._send(w, [W.VERSION, data])
+                continue
+            # rare: a job orjson refused, or more bytes than one frame takes: job by job
+            parts = []
+            for d in chunk:
+                problem = None
+                try:
+                    b = orjson.dumps(d)
+                    if len(b) > limit - W.FRAME_OVERHEAD:
+                        problem = W.too_big(f"the job of agent '{d['spec']['name']}' (task of "
+                                            f"{len(d['task'].encode('utf-8', 'surrogatepass'))} bytes)", len(b), limit)
+                except TypeError:
+                    bad = W.find_unserializable(d, "$") or ("$", "not JSON-serializable")
+                    problem = f"{bad[0]}: {bad[1]}"
+                if problem is None:
+                    parts.append(b)
+                    continue
+                p = self._pending.get(d["id"])
+                if p is not None:
+                    w.inflight.pop(p.id, None)
+                    self._resolve(p, AgentRun(None, f"could not send agent '{p.job.spec.name}' to a worker: "
+                                                    f"{problem}", 0.0))
+            for body in W.pack_frames(b'{"t":"jobs","jobs":[', b"]}", parts, limit):
+                self._send(w, [W.VERSION, body])
         grace = self.cancel_grace_s
         loop = self._loop
         for d in encoded:
@@ -870,48 +1013,112 @@ class ProcessExecutor:
         sock = self._sock
         if sock is None:
             return
-        maxb = self.max_frame_bytes
         got_results = False
         try:
             while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                 frames = sock.recv_multipart(zmq.NOBLOCK)
                 w = self._by_ident.get(frames[0])
                 if w is None or w.dead:
-                    self.rejected_frames += 1
-                    log.warning("ProcessExecutor: frame from unknown peer %r rejected", frames[0][:32])
+                    self._reject(None, f"frame from unknown peer {frames[0][:32]!r}")
                     continue
-                try:
-                    body, blob = W.decode(frames[1:], W.TO_COORDINATOR, maxb)
-                except WireProtocolError as exc:
-                    self.rejected_frames += 1
-                    log.warning("ProcessExecutor rejected a frame from worker %s: %s", w.pid, exc)
-                    continue
-                t = body["t"]
-                if t == "batch":
-                    self._on_batch(w, body)
+                w.last_seen = time.monotonic()
+                if self._on_frames(w, frames[1:], frames[0]):
                     got_results = True
-                elif t == "rpc":
-                    self._on_rpc(w, frames[0], body)
-                elif t == "hello":
-                    self._on_hello(w, body)
-                elif t == "pong":
-                    w.pong_n = max(w.pong_n, body["n"])
-                    w.rejected = body["rejected"]
-                elif t == "stuck":
-                    p = self._pending.get(body["job"])
-                    name = p.job.spec.name if p is not None else f"job {body['job']}"
-                    w.stuck_job = body["job"]
-                    self._kill(w, f"agent '{name}' ignored cancellation for {self.cancel_grace_s}s after its timeout")
-                elif t == "nack":
-                    log.warning("worker %s rejected a frame: %s", w.pid, body["err"])
         except zmq.Again:
             pass
         if got_results:
             self._pump()
 
+    def _on_frames(self, w: _W, frames: list[bytes], ident: bytes | None = None) -> bool:
+        """Handle one message from worker ``w`` (identity stripped); True if it carried results.
+
+        A message that fails validation is counted and logged (rate-limited); the
+        jobs and requests it carried, as far as they can be read, are failed
+        with the reason, and the worker is asked which of its other jobs it
+        still owes (a result it sent may have been in that message).
+        """
+        try:
+            body, blob = W.decode(frames, W.TO_COORDINATOR, self.max_frame_bytes)
+        except WireProtocolError as exc:
+            self._reject(w, str(exc))
+            raw = frames[1] if len(frames) >= 2 else b""
+            detail = f"the coordinator rejected a result frame from worker {w.pid}: {exc.path}: {exc.msg}"
+            for jid in W.salvage_ids(raw, "res", "id"):
+                p = w.inflight.pop(jid, None)
+                if p is not None and not p.done:
+                    self._resolve(p, AgentRun(None, detail, (time.monotonic() - p.sent_at) * 1000.0))
+            for rid in W.salvage_ids(raw, "req", "rid"):
+                w.rets.append({"rid": rid, "err": {"type": "RuntimeError", "msg": f"request rejected: {exc}"}})
+            self._audit(w)
+            return False
+        t = body["t"]
+        if t == "batch":
+            self._on_batch(w, body)
+            return True
+        if t == "hb":
+            return False
+        if t == "rpc":
+            self._on_rpc(w, ident if ident is not None else w.ident + b"/r", body)
+        elif t == "hello":
+            self._on_hello(w, body)
+        elif t == "pong":
+            self._on_pong(w, body)
+        elif t == "stuck":
+            p = self._pending.get(body["job"])
+            name = p.job.spec.name if p is not None else f"job {body['job']}"
+            w.stuck_job = body["job"]
+            to = p.infra.agent_timeout_s if p is not None else None
+            self._kill(w, f"agent '{name}' ignored cancellation for {self.cancel_grace_s}s after its {to}s timeout")
+        elif t == "nack":
+            self._reject(None, f"worker {w.pid} rejected a frame: {body['err']}", count=False)
+            for jid in body.get("jobs") or ():
+                p = w.inflight.pop(jid, None)
+                if p is not None and not p.done:
+                    self._resolve(p, AgentRun(None, f"worker {w.pid} rejected this agent's job: {body['err']}",
+                                              (time.monotonic() - p.sent_at) * 1000.0))
+        return False
+
+    def _reject(self, w: _W | None, why: str, *, count: bool = True) -> None:
+        """Count (``rejected_frames``) and log a rejected frame; a flood logs a few lines, not one per frame."""
+        if count:
+            self.rejected_frames += 1
+        self._reject_logged += 1
+        n = self._reject_logged
+        if n <= 3 or n % 1000 == 0:
+            src = f"worker {w.pid}" if w is not None else "a peer"
+            log.warning("ProcessExecutor rejected a frame from %s (%d rejected so far; logging the first 3 and "
+                        "every 1000th): %s", src, n, why)
+
+    def _audit(self, w: _W, jobs: list[int] | None = None) -> None:
+        """Ask ``w`` which of ``jobs`` (default: all it holds) it still runs or owes; the rest were lost."""
+        if w.dead or not w.ready:
+            return
+        ids = [p.id for p in w.inflight.values() if not p.unsent] if jobs is None else jobs
+        if not ids:
+            return
+        w.ping_n += 1
+        self._send(w, W.encode({"t": "ping", "n": w.ping_n, "jobs": ids}))
+
+    def _on_pong(self, w: _W, body: dict[str, Any]) -> None:
+        w.pong_n = max(w.pong_n, body["n"])
+        w.rejected = body["rejected"]
+        now = time.monotonic()
+        for jid in body.get("unknown") or ():
+            p = w.inflight.pop(jid, None)
+            if p is not None and not p.done and not p.unsent:
+                self._resolve(p, AgentRun(None, f"the result of this agent was lost on its way from worker {w.pid}",
+                                          (now - p.sent_at) * 1000.0))
+
     def _on_hello(self, w: _W, body: dict[str, Any]) -> None:
-        w.pid = body["pid"]
+        spawned = w.proc.pid
+        if body["pid"] != spawned or body["index"] != w.index or body["gen"] != w.gen or w.ready:
+            # never trust a pid from the wire: a process that took this identity must not
+            # make aclose() kill whatever pid it names
+            self._reject(w, f"hello with pid {body['pid']} index {body['index']} gen {body['gen']} does not match "
+                            f"the worker spawned as pid {spawned} (index {w.index}, gen {w.gen}); ignored")
+            return
         w.ready = True
+        w.last_seen = time.monotonic()
         if w.ready_fut is not None and not w.ready_fut.done():
             w.ready_fut.set_result(None)
         self._pump()
@@ -920,8 +1127,8 @@ class ProcessExecutor:
         ev = body.get("ev")
         if ev:
             for iid, recs in ev:
-                ref = self._infra_by_id.get(iid)
-                infra = ref() if ref is not None else None
+                e = self._infra_by_id.get(iid)
+                infra = e.ref() if e is not None else None
                 if infra is None:
                     continue
                 try:
@@ -970,10 +1177,8 @@ class ProcessExecutor:
             err = err or f"could not apply the agent's state writes: {type(exc).__name__}: {exc}"
         out = r.get("out")
         if err is None and out is not None:
-            tok = out[6]
-            output = AgentOutput(out[0], out[1], out[2], out[3], float(out[4]), None, out[5],
-                                 None if tok is None else TokenAccounting(tok[0], tok[1], float(tok[2])), out[7])
-            self._resolve(p, AgentRun(output, None, r["dur"], ctx))
+            output = W.output_from_wire(out)
+            self._resolve(p, AgentRun(output, output.error, r["dur"], ctx))  # error: reported by the runner
         else:
             self._resolve(p, AgentRun(None, err or "internal: missing result", r["dur"], ctx))
 
@@ -982,6 +1187,7 @@ class ProcessExecutor:
             return
         p.done = True
         self._pending.pop(p.id, None)
+        self._release(p)
         if p.deadline is not None:
             p.deadline.cancel()
             p.deadline = None
@@ -1090,8 +1296,8 @@ class ProcessExecutor:
             if op == "call":
                 ok = self._sync_call(body)
             else:
-                ref = self._infra_by_id.get(body["i"])
-                infra = ref() if ref is not None else None
+                e = self._infra_by_id.get(body["i"])
+                infra = e.ref() if e is not None else None
                 if infra is None:
                     raise RuntimeError(f"unknown infra {body['i']}")
                 st = infra.state
@@ -1109,6 +1315,10 @@ class ProcessExecutor:
             data = orjson.dumps(rep)
         except TypeError as exc:
             data = orjson.dumps({"t": "rret", "rid": rid, "err": {"type": "TypeError", "msg": str(exc)}})
+        if len(data) > self.max_frame_bytes - W.FRAME_OVERHEAD:
+            what = f"the state value for key {body['k']!r}" if op == "get" else f"the reply to {op!r}"
+            data = orjson.dumps({"t": "rret", "rid": rid, "err": {"type": "ValueError", "msg": W.too_big(
+                what, len(data), self.max_frame_bytes)}})
         try:
             self._sock.send_multipart([ident, W.VERSION, data], zmq.NOBLOCK)  # type: ignore[union-attr]
         except zmq.ZMQError as exc:
@@ -1146,14 +1356,19 @@ class ProcessExecutor:
             pass
 
     def _deadline(self, p: _P) -> None:
-        """A job is past timeout + grace: make sure its worker's loop is alive (ping), else kill it."""
+        """A job is past timeout + grace: ask its worker about it (ping); a silent loop gets the worker killed.
+
+        The pong says whether the worker still runs the job (it enforces the
+        timeout itself: re-arm) or no longer knows it (its result was lost on
+        the way: the job fails now, see :meth:`_on_pong`).
+        """
         p.deadline = None
         w = p.worker
         if p.done or w is None or w.dead:
             return
         w.ping_n += 1
         n = w.ping_n
-        self._send(w, W.encode({"t": "ping", "n": n}))
+        self._send(w, W.encode({"t": "ping", "n": n, "jobs": [p.id]}))
         probe = max(0.25, min(self.cancel_grace_s, 2.0))
         p.deadline = self._loop.call_later(probe, self._probe_check, p, w, n)  # type: ignore[union-attr]
 
@@ -1161,13 +1376,38 @@ class ProcessExecutor:
         p.deadline = None
         if p.done or w.dead:
             return
-        if w.pong_n >= n:  # the loop is alive: the worker enforces the timeout itself (job may have started late)
-            to = p.job and p.infra.agent_timeout_s or 0.0
+        if w.pong_n >= n:  # the loop is alive and still runs the job (started late): check again later
+            to = p.infra.agent_timeout_s or 0.0
             p.deadline = self._loop.call_later(to + self.cancel_grace_s + 0.1, self._deadline, p)  # type: ignore[union-attr]
             return
         w.stuck_job = p.id
-        self._kill(w, f"its event loop stopped responding while agent '{p.job.spec.name}' was past its "
-                      f"{p.infra.agent_timeout_s}s timeout and {self.cancel_grace_s}s grace")
+        self._kill(w, f"agent '{p.job.spec.name}' blocked its event loop past its {p.infra.agent_timeout_s}s "
+                      f"timeout and {self.cancel_grace_s}s grace")
+
+    def _watch(self) -> None:
+        """Periodic liveness check: kill workers silent for ``heartbeat_timeout_s``."""
+        self._watchdog = None
+        if not self._running or self._closing or self._loop is None:
+            return
+        period = self.heartbeat_timeout_s / 4
+        now = time.monotonic()
+        late = now - self._watch_due
+        self._watch_due = now + period
+        self._watchdog = self._loop.call_later(period, self._watch)
+        self._on_readable()  # frames that waited in the socket count as signs of life
+        if late > self.heartbeat_timeout_s / 2:
+            # this process itself was stalled (SIGSTOP, a long sync call): nobody can be judged silent
+            for w in self._slots:
+                if w is not None:
+                    w.last_seen = now
+            return
+        for w in self._slots:
+            if w is None or w.dead or not w.ready:
+                continue
+            silent = now - w.last_seen
+            if silent > self.heartbeat_timeout_s:
+                self._kill(w, f"it sent no heartbeat for {silent:.1f}s (heartbeat_timeout_s="
+                              f"{self.heartbeat_timeout_s}): the process is stopped or wedged")
 
     def _on_exit(self, w: _W) -> None:
         loop = self._loop
@@ -1186,8 +1426,8 @@ class ProcessExecutor:
             reason = f"worker {w.pid} was killed (SIGKILL) because {w.kill_reason}"
         else:
             reason = _describe_exit(w.pid, code)
-        self._by_ident.pop(w.ident, None)
-        self._by_ident.pop(w.ident + b"/r", None)
+        for suffix in (b"", b"/r", b"/h"):
+            self._by_ident.pop(w.ident + suffix, None)
         for t in list(w.req_tasks.values()):
             t.cancel()
         if w.ready_fut is not None and not w.ready_fut.done():
@@ -1201,14 +1441,18 @@ class ProcessExecutor:
                 p.worker = None
                 self._queue.appendleft(p)  # never reached the worker: safe to run elsewhere
                 continue
-            if p.id == w.stuck_job:
-                err = f"timeout after {p.infra.agent_timeout_s}s"
+            to = p.infra.agent_timeout_s
+            if p.id == w.stuck_job or (w.kill_reason is not None and to is not None and now - p.sent_at >= to):
+                err = f"timeout after {to}s"  # the API's text for an agent that timed out, however it ended
             elif (p.attempts <= self.idempotent_retries and not self._closing
                   and p.job.spec.metadata.get(IDEMPOTENT_METADATA_KEY) is True):
                 self._requeue_lost(p, reason)  # at-least-once, for agents declared idempotent
                 continue
             else:
-                err = f"{reason} while running this agent"
+                if w.kill_reason is not None:
+                    err = f"{reason}; this agent was on that worker and was lost with it"
+                else:
+                    err = f"{reason} while running this agent"
                 if p.attempts > 1:
                     err += f" (attempt {p.attempts}; idempotent retries exhausted)"
             self._resolve(p, AgentRun(None, err, (now - p.sent_at) * 1000.0))
@@ -1309,6 +1553,13 @@ def _safe_ret(r: dict[str, Any]) -> dict[str, Any]:
                                                 f"{bad[0]}: {bad[1]}"}}
 
 
+def _infra_collected(exref: "weakref.ref[ProcessExecutor]", e: _Cached, _ref: Any) -> None:
+    """Weakref callback: a ``SharedInfra`` was collected (may run in any thread: only a deque append)."""
+    ex = exref()
+    if ex is not None:
+        ex._collected.append(e)
+
+
 _DIR_PREFIX = "carmulti-zmq-"
 
 
@@ -1356,30 +1607,76 @@ def _sweep_stale_dirs() -> list[str]:
     return removed
 
 
+def _reap(pid: int | None, timeout_s: float) -> None:
+    """Wait up to ``timeout_s`` for child ``pid`` to exit, then SIGKILL and reap it: never blocks forever."""
+    if pid is None:
+        return
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if done:
+            return
+        if time.monotonic() > deadline:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+            return
+        time.sleep(0.01)
+
+
 def _stop_helpers() -> None:
-    """Stop multiprocess's resource tracker / fork server if we started them (they are our children)."""
+    """Stop multiprocess's resource tracker / fork server if we started them (they are our children).
+
+    Bounded: each gets its "alive" pipe closed and 5 s to exit, then SIGKILL.
+    """
     try:
         from multiprocess import forkserver, resource_tracker
     except ImportError:  # pragma: no cover
         return
     if "forkserver" in _OWNED_HELPERS:
         _OWNED_HELPERS.discard("forkserver")
+        fs = forkserver._forkserver
         try:
-            forkserver._forkserver._stop()
-        except Exception:  # noqa: BLE001
+            from multiprocess import util
+
+            with fs._lock:
+                pid, fd, addr = fs._forkserver_pid, fs._forkserver_alive_fd, fs._forkserver_address
+                fs._forkserver_pid = fs._forkserver_alive_fd = fs._forkserver_address = None
+                if fd is not None:
+                    os.close(fd)
+            _reap(pid, 5.0)
+            if addr and not util.is_abstract_socket_namespace(addr):
+                os.unlink(addr)
+        except Exception:  # noqa: BLE001 - best effort at exit
             pass
     if "tracker" in _OWNED_HELPERS:
         _OWNED_HELPERS.discard("tracker")
+        rt = resource_tracker._resource_tracker
         try:
-            resource_tracker._resource_tracker._stop()
-        except Exception:  # noqa: BLE001
+            with rt._lock:
+                pid, fd = rt._pid, rt._fd
+                rt._pid = rt._fd = None
+                if fd is not None:
+                    os.close(fd)
+            _reap(pid, 5.0)
+        except Exception:  # noqa: BLE001 - best effort at exit
             pass
 
 
 def _atexit() -> None:
+    """Interpreter exit: kill the workers of every executor never closed (naming it), then the helpers."""
     for ex in list(_LIVE):
+        log.warning("ProcessExecutor(workers=%d) was never closed (worker pids %s); killing its workers at "
+                    "interpreter exit (call `await infra.aclose()` or `await executor.aclose()`, or use `async with`)",
+                    ex.workers, ex.pids)
         try:
             ex._kill_now()
         except Exception:  # noqa: BLE001
             pass
+        _LIVE.discard(ex)
     _stop_helpers()

@@ -10,14 +10,13 @@ from .. import _strings as S
 from ..budget import budget_skipped_output
 from ..errors import AgentFailed, BudgetError, BudgetExhausted
 from ..executors.base import AgentJob, AgentRun
-from ..types import AgentOutput, AgentSpec, TokenAccounting
+from ..types import AgentOutput, AgentSpec
 
 if TYPE_CHECKING:
     from ..infra import SharedInfra
     from ..runner import AgentRunner
 
-__all__ = ["commit", "failed_output", "gate", "invalid_output_reason", "run_finalizer", "run_load_bearing", "settle",
-           "workspace_failed_output"]
+__all__ = ["commit", "failed_output", "gate", "run_finalizer", "run_load_bearing", "settle", "workspace_failed_output"]
 
 
 def failed_output(name: str, error: str, duration_ms: float = 0.0) -> AgentOutput:
@@ -39,38 +38,14 @@ def gate(infra: "SharedInfra", name: str) -> AgentOutput | None:
     return None
 
 
-def invalid_output_reason(output: AgentOutput) -> str | None:
-    """Why a runner's output cannot be committed (wrong field types, negative spend), or None."""
-    if not isinstance(output.name, str) or not output.name:
-        return f"name must be a non-empty str, got {output.name!r}"
-    if not isinstance(output.answer, str):
-        return f"answer must be a str, got {type(output.answer).__name__}"
-    t = output.tokens
-    if t is not None:
-        if not isinstance(t, TokenAccounting):
-            return f"tokens must be a TokenAccounting or None, got {type(t).__name__}"
-        if not (t.input_tokens >= 0 and t.output_tokens >= 0 and t.cost_usd >= 0):
-            return (f"reported spend must be non-negative, got input_tokens={t.input_tokens} "
-                    f"output_tokens={t.output_tokens} cost_usd={t.cost_usd}")
-    return None
-
-
-def commit(infra: "SharedInfra", output: AgentOutput, run: AgentRun | None = None, *, write_state: bool = True,
-           spec_name: str | None = None) -> AgentOutput:
+def commit(infra: "SharedInfra", output: AgentOutput, run: AgentRun | None = None, *,
+           write_state: bool = True) -> AgentOutput:
     """Publish a successful agent: merge its overlay, record its spend, write ``agent.{name}.answer``.
 
     The state key uses the name the *runner returned* (``output.name``), writer
-    ``swarm.{name}`` (Rust ``patterns/swarm.rs``). An output that cannot be
-    committed (see :func:`invalid_output_reason`) becomes this agent's failure
-    (``invalid output from runner: ...``) with nothing merged or recorded, so one
-    bad runner result never takes the siblings' outputs down with it.
+    ``swarm.{name}`` (Rust ``patterns/swarm.rs``). The executor has already
+    validated ``output`` (``executors.base.check_output``).
     """
-    reason = invalid_output_reason(output)
-    if reason is not None:
-        if run is not None:
-            run.discard()
-        name = spec_name or (output.name if isinstance(output.name, str) and output.name else "?")
-        return failed_output(name, f"invalid output from runner: {reason}", float(output.duration_ms or 0.0))
     if run is not None:
         run.merge()
     infra.record_output(output)
@@ -83,14 +58,22 @@ def settle(infra: "SharedInfra", run: AgentRun, name: str, *, keep_duration: boo
            write_state: bool = True) -> AgentOutput:
     """Turn an :class:`AgentRun` into the agent's output, committing it on success.
 
+    A failed run publishes nothing (its overlay is discarded, no state write).
+    When the runner itself returned an output with ``error`` set, that output is
+    the agent's output, every field kept, and its reported spend is recorded
+    (the tokens were spent); otherwise a failure output is built.
+
     Args:
         name: The spec's name (failures are reported under it).
         keep_duration: Failed output carries the measured duration (sequential
             mode) instead of ``0.0`` (parallel mode), as in Rust.
     """
-    if run.output is not None and run.error is None:
-        return commit(infra, run.output, run, write_state=write_state, spec_name=name)
+    if run.error is None and run.output is not None:
+        return commit(infra, run.output, run, write_state=write_state)
     run.discard()
+    if run.output is not None:  # the runner reported its own failure
+        infra.record_output(run.output)
+        return run.output
     return failed_output(name, run.error or "internal: missing join result", run.duration_ms if keep_duration else 0.0)
 
 
@@ -107,12 +90,10 @@ async def run_load_bearing(infra: "SharedInfra", runner: "AgentRunner", spec: Ag
     except BudgetError as err:
         raise BudgetExhausted(str(err)).with_partial(partial) from err
     run = await infra.executor.run_agent(runner, AgentJob(spec, task, register_spec_tools=tools), infra)
+    if run.output is not None:
+        infra.record_output(run.output)  # spent, even by a runner that then reported a failure
     if run.output is None or run.error is not None:
         raise AgentFailed(spec.name, run.error or "internal: missing join result").with_partial(partial)
-    reason = invalid_output_reason(run.output)
-    if reason is not None:
-        raise AgentFailed(spec.name, f"invalid output from runner: {reason}").with_partial(partial)
-    infra.record_output(run.output)
     return run.output
 
 
@@ -123,7 +104,8 @@ async def run_finalizer(infra: "SharedInfra", runner: "AgentRunner", spec: Agent
     except BudgetError:
         return None
     run = await infra.executor.run_agent(runner, AgentJob(spec, task, register_spec_tools=False), infra)
-    if run.output is None or run.error is not None or invalid_output_reason(run.output) is not None:
+    if run.output is not None:
+        infra.record_output(run.output)
+    if run.output is None or run.error is not None:
         return None
-    infra.record_output(run.output)
     return run.output

@@ -18,8 +18,8 @@ from .. import _strings as S
 from ..errors import AgentFailed, BudgetError, BudgetExhausted, ToolError
 from ..executors.base import AgentJob
 from ..mailbox import Mailbox
+from ..runner import check_runner
 from ..types import AgentSpec
-from ._common import invalid_output_reason
 
 if TYPE_CHECKING:
     from ..infra import SharedInfra
@@ -105,15 +105,12 @@ class DelegatingExecutor:
             await self._record(name, subtask, msg, False)
             return msg
         run = await infra.executor.run_agent(self.runner, AgentJob(spec, subtask, mailbox=Mailbox()), infra)
-        err = run.error
-        if run.output is not None and err is None:
-            reason = invalid_output_reason(run.output)
-            if reason is None:
-                infra.record_output(run.output)
-                await self._record(name, subtask, run.output.answer, True)
-                return run.output.answer
-            err = f"invalid output from runner: {reason}"
-        msg = S.SPECIALIST_FAILED.format(name=name, err=err)
+        if run.output is not None:
+            infra.record_output(run.output)  # spent, even by a specialist that reported a failure
+        if run.output is not None and run.error is None:
+            await self._record(name, subtask, run.output.answer, True)
+            return run.output.answer
+        msg = S.SPECIALIST_FAILED.format(name=name, err=run.error)
         await self._record(name, subtask, msg, False)
         return msg
 
@@ -141,6 +138,7 @@ class Delegator:
             AgentFailed: the main agent failed (``partial`` holds the delegations so far).
             BudgetExhausted: the budget denied the main agent.
         """
+        check_runner(runner)
         executor = DelegatingExecutor(self.specialists, runner, infra)
         result = DelegatorResult(task, "", executor.delegations)
         try:
@@ -150,12 +148,10 @@ class Delegator:
         job = AgentJob(self.main, task, tools={S.DELEGATE_TOOL: DELEGATE_SCHEMA}, validate_job_tools=False,
                        tool_executor=executor, mailbox=Mailbox())
         run = await infra.executor.run_agent(runner, job, infra)
+        if run.output is not None:
+            infra.record_output(run.output)
         if run.output is None or run.error is not None:
             raise AgentFailed(self.main.name, run.error or "internal: missing join result").with_partial(result)
-        reason = invalid_output_reason(run.output)
-        if reason is not None:
-            raise AgentFailed(self.main.name, f"invalid output from runner: {reason}").with_partial(result)
-        infra.record_output(run.output)
         result.final_answer = run.output.answer
         return result
 

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterable, AsyncIterator, Iterable, S
 
 from .. import _strings as S
 from ..executors.base import AgentJob
+from ..runner import check_runner
 from ..types import AgentOutput, AgentSpec
 from ._common import gate, run_load_bearing, settle
 
@@ -123,6 +124,7 @@ class MapReduce:
             TypeError: an item is not a ``str`` (names its index); mappers
                 already started finish, no new one starts.
         """
+        check_runner(runner)
         width = self.max_concurrent
         limit = 2 * width
         # Finished outputs wait here for the consumer. Backpressure: a feeder that
@@ -236,6 +238,7 @@ class MapReduce:
             AgentFailed: a reducer failed (``partial`` holds the result so far).
             BudgetExhausted: the budget denied a reducer (``partial`` likewise).
         """
+        check_runner(runner)
         items = list(items)
         for i, item in enumerate(items):
             if not isinstance(item, str):

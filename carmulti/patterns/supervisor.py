@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
 
 from .. import _strings as S
+from ..runner import check_runner
 from ..types import AgentOutput, AgentSpec
 from ._common import run_load_bearing
 from .swarm import Swarm, SwarmMode
@@ -85,6 +86,7 @@ class Supervisor:
             AgentFailed: the supervisor failed (``partial`` holds the result so far).
             BudgetExhausted: the budget denied the supervisor (``partial`` likewise).
         """
+        check_runner(runner)
         result = SupervisorResult(task)
         worker_task = task
         for r in range(self.max_rounds):

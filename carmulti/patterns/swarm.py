@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from .. import _strings as S
 from ..executors.base import AgentJob, AgentRun
 from ..mailbox import Mailbox
+from ..runner import check_runner
 from ..types import AgentOutput, AgentSpec, truncate
 from ..workspace import AgentWorkspace, WorkspaceConfig, WorkspaceError, WorkspaceMode
 from ._common import gate, run_finalizer, settle, workspace_failed_output
@@ -109,6 +110,7 @@ class Swarm:
 
     async def run(self, task: str, runner: "AgentRunner", infra: "SharedInfra") -> SwarmResult:
         """Run the swarm. Agent failures are outputs, never exceptions."""
+        check_runner(runner)
         if self.mode is SwarmMode.PARALLEL:
             return await self._run_parallel(task, runner, infra)
         if self.mode is SwarmMode.SEQUENTIAL:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
 from .. import _strings as S
+from ..runner import check_runner
 from ..types import AgentOutput, AgentSpec
 from ._common import run_finalizer
 from .swarm import Swarm, SwarmMode
@@ -87,6 +88,7 @@ class Vote:
 
     async def run(self, task: str, runner: "AgentRunner", infra: "SharedInfra") -> VoteResult:
         """Collect the votes and pick the winner."""
+        check_runner(runner)
         sw = await self._swarm.run(task, runner, infra)
         winner, ratio, _ = tally(sw.outputs)
         ok = [v for v in sw.outputs if v.succeeded]

@@ -156,7 +156,8 @@ async def test_unserializable_output_is_an_error_naming_the_path_and_the_worker_
         res = await Swarm([AgentSpec("u", metadata={"do": "unserializable"}), AgentSpec("ok")]).run(
             "t", FaultRunner(), infra)
         err = res.outputs[0].error
-        assert err.startswith("SerializationError: agent 'u'") and "$.output.outcome.bad" in err
+        # validated before it leaves the agent, as on the local executor (issue 8, F2)
+        assert err.startswith("invalid output from runner: outcome: ") and "$.outcome.bad" in err
         assert res.outputs[1].succeeded
         assert ex.pids == pids
 
