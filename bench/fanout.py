@@ -27,14 +27,14 @@ import concurrent.futures
 import math
 import os
 import time
-from typing import Any
+from typing import Any, Callable
 
 import orjson
 
 import carmulti
 from carmulti import AgentSpec, LocalExecutor, MapReduce, ProcessExecutor, SharedInfra, Swarm
 
-from ._report import Report, Row, add_common_arguments, median
+from ._report import Report, Row, add_common_arguments, median, progress, repeats
 
 PHI = (math.sqrt(5) - 1) / 2
 
@@ -98,9 +98,13 @@ def _runner(lo: float, hi: float) -> Any:
 
 
 # -- ours ---------------------------------------------------------------------------------
+def _noop() -> None:
+    pass
+
+
 async def _ours(n: int, *, executor: str, workers: int, batch_size: int, lo: float, hi: float,
-                concurrency: int | None, repeat: int, warmup: int) -> list[float]:
-    """agents/s of each measured run (a warm-up first ships the runner to the workers)."""
+                concurrency: int | None, repeat: int, warmup: int, tick: Callable[[], None] = _noop) -> list[float]:
+    """agents/s of each measured run (a warm-up first ships the runner to the workers); ``tick()`` after each."""
     ex: Any = ProcessExecutor(workers=workers, batch_size=batch_size) if executor == "process" else LocalExecutor()
     runner = _runner(lo, hi)
     rates = []
@@ -124,11 +128,13 @@ async def _ours(n: int, *, executor: str, workers: int, batch_size: int, lo: flo
                 raise SystemExit(f"carmulti run failed: {bad} failed outputs of {len(outs)}")
             if k >= warmup:
                 rates.append(m / dt)
+                tick()
     return rates
 
 
 # -- baselines ------------------------------------------------------------------------------
-async def _gather(n: int, lo: float, hi: float, concurrency: int | None, repeat: int) -> list[float]:
+async def _gather(n: int, lo: float, hi: float, concurrency: int | None, repeat: int,
+                  tick: Callable[[], None] = _noop) -> list[float]:
     runner = _runner(lo, hi)
     specs = [AgentSpec(f"a_{i}") for i in range(n)]
     rates = []
@@ -147,6 +153,7 @@ async def _gather(n: int, lo: float, hi: float, concurrency: int | None, repeat:
         dt = time.perf_counter() - t0
         assert len(out) == n
         rates.append(n / dt)
+        tick()
     return rates
 
 
@@ -154,7 +161,7 @@ def _ppe_fn(i: int) -> str:
     return "ok"
 
 
-async def _ppe(n: int, workers: int, repeat: int) -> list[float]:
+async def _ppe(n: int, workers: int, repeat: int, tick: Callable[[], None] = _noop) -> list[float]:
     loop = asyncio.get_running_loop()
     rates = []
     with concurrent.futures.ProcessPoolExecutor(max_workers=workers) as pool:
@@ -165,6 +172,7 @@ async def _ppe(n: int, workers: int, repeat: int) -> list[float]:
             dt = time.perf_counter() - t0
             assert len(out) == n
             rates.append(n / dt)
+            tick()
     return rates
 
 
@@ -193,7 +201,7 @@ def _zmq_echo(endpoint: str) -> None:  # pragma: no cover - child process
     ctx.term()
 
 
-def _raw_zmq(n: int, size: int, repeat: int) -> list[float]:
+def _raw_zmq(n: int, size: int, repeat: int, tick: Callable[[], None] = _noop) -> list[float]:
     """Pipelined DEALER -> ROUTER echo round trips, one message of ``size`` bytes per agent."""
     import multiprocessing
     import tempfile
@@ -225,6 +233,7 @@ def _raw_zmq(n: int, size: int, repeat: int) -> list[float]:
                 s.recv()
                 got += 1
             rates.append(n / (time.perf_counter() - t0))
+            tick()
         s.send(b"stop")
     finally:
         s.close(0)
@@ -277,6 +286,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="per-agent latency, e.g. 50ms..500ms (default 0)")
     p.add_argument("--concurrency", type=int, default=None,
                    help="run a MapReduce with max_concurrent=C instead of one parallel Swarm")
+    p.add_argument("--max-wall-ratio", type=float, default=1.1, metavar="R",
+                   help="with --latency: target wall time at most R x the ideal (default 1.1)")
     p.add_argument("--batch-size", type=int, default=512, help="ProcessExecutor batch_size (default 512)")
     p.add_argument("--peers", action="store_true", help="also LangGraph (local) / Ray (process): pip install '.[bench-peers]'")
     p.add_argument("--plot", metavar="PNG", default=None, help="sweep N and draw agents/s and peak RSS against N")
@@ -290,36 +301,41 @@ def main(args: argparse.Namespace) -> int:
     shape = f"MapReduce(max_concurrent={conc})" if conc else "parallel Swarm"
     report = Report("fanout", {"executor": args.executor, "agents": n, "workers": args.workers if args.executor == "process" else None,
                                "latency_s": [lo, hi], "pattern": shape, "repeat": args.repeat})
-    ours = carmulti.run(_ours(n, executor=args.executor, workers=args.workers, batch_size=args.batch_size, lo=lo, hi=hi,
-                              concurrency=conc, repeat=args.repeat, warmup=args.warmup))
     label = f"carmulti {shape}, {args.executor}"
+    with progress("fanout", label, args.repeat) as tick:
+        ours = carmulti.run(_ours(n, executor=args.executor, workers=args.workers, batch_size=args.batch_size, lo=lo,
+                                  hi=hi, concurrency=conc, repeat=args.repeat, warmup=args.warmup, tick=tick))
     if hi > 0:
         total = sum(agent_latency(i, lo, hi) for i in range(n))
         width = conc if conc else n
         ideal = total / min(width, n)
         walls = [n / r for r in ours]
         report.add(Row(f"{label}: wall / ideal (sum latency / concurrency)", median(walls) / ideal, "x", runs=[w / ideal for w in walls],
-                       note=f"ideal {ideal:.2f} s; target <= 1.1"))
+                       note=f"ideal {ideal:.2f} s", max_value=args.max_wall_ratio))
         report.extra.update({"ideal_wall_s": ideal, "walls_s": walls})
-        base = carmulti.run(_gather(n, lo, hi, conc, args.repeat))
+        with progress("fanout", "asyncio.gather (+Semaphore)", args.repeat) as tick:
+            base = carmulti.run(_gather(n, lo, hi, conc, args.repeat, tick))
         report.add(Row(label, median(ours), "agents/s", median(base), "asyncio.gather (+Semaphore)", ours, base))
-        return report.finish(args.json)
+        return report.finish(args.json, args.check)
     if args.executor == "local":
-        base = carmulti.run(_gather(n, 0, 0, conc, args.repeat))
+        with progress("fanout", "bare asyncio.gather", args.repeat) as tick:
+            base = carmulti.run(_gather(n, 0, 0, conc, args.repeat, tick))
         report.add(Row(label, median(ours), "agents/s", median(base), "bare asyncio.gather on uvloop", ours, base, target=0.5))
         if args.peers:
             from . import peers
 
             for _ in range(args.warmup):
                 carmulti.run(peers.langgraph_send_fanout(min(n, 256)))
-            lg = [carmulti.run(peers.langgraph_send_fanout(n)) for _ in range(args.repeat)]
+            lg = repeats("fanout", "LangGraph Send", args.repeat, lambda: carmulti.run(peers.langgraph_send_fanout(n)))
             report.add(Row(label, median(ours), "agents/s", median(lg), "LangGraph Send + operator.add", ours, lg, target=20.0))
     else:
-        base = carmulti.run(_ppe(n, args.workers, args.repeat))
+        with progress("fanout", f"ProcessPoolExecutor({args.workers})", args.repeat) as tick:
+            base = carmulti.run(_ppe(n, args.workers, args.repeat, tick))
         report.add(Row(label, median(ours), "agents/s", median(base), f"ProcessPoolExecutor({args.workers}), future per agent",
                        ours, base, target=5.0))
         size = job_frame_bytes()
-        raw = _raw_zmq(n, size, args.repeat)
+        with progress("fanout", "raw pyzmq DEALER/ROUTER", args.repeat) as tick:
+            raw = _raw_zmq(n, size, args.repeat, tick)
         report.add(Row(label, median(ours), "agents/s", median(raw), f"raw pyzmq DEALER/ROUTER, {size} B round trips", ours, raw))
         if args.peers:
             from . import peers
@@ -327,7 +343,7 @@ def main(args: argparse.Namespace) -> int:
             try:
                 for _ in range(args.warmup):
                     peers.ray_tasks_fanout(min(n, 256))
-                ray = [peers.ray_tasks_fanout(n) for _ in range(args.repeat)]
+                ray = repeats("fanout", "Ray tasks", args.repeat, lambda: peers.ray_tasks_fanout(n))
             finally:
                 peers.shutdown_ray()
             report.add(Row(label, median(ours), "agents/s", median(ray), "Ray tasks, num_cpus=2", ours, ray, target=25.0))
@@ -343,4 +359,4 @@ def main(args: argparse.Namespace) -> int:
         plot.plot_sweep(rows, args.plot)
         report.extra["sweep"] = rows
         print(f"wrote {args.plot}")
-    return report.finish(args.json)
+    return report.finish(args.json, args.check)

@@ -22,7 +22,7 @@ from typing import Any
 import carmulti
 from carmulti import AgentOutput, AgentSpec, Mailbox, Message, ProcessExecutor, SharedInfra, Swarm
 
-from ._report import Report, Row, add_common_arguments, median
+from ._report import Report, Row, add_common_arguments, median, repeats
 
 
 class PingPongRunner:
@@ -134,12 +134,13 @@ def main(args: argparse.Namespace) -> int:
     report = Report("mailbox", {"n": args.n, "n_process": args.n_process, "repeat": args.repeat})
     for _ in range(args.warmup):
         carmulti.run(_ours(max(1, args.n // 10)))
-    ours = [carmulti.run(_ours(args.n)) for _ in range(args.repeat)]
-    base = [carmulti.run(_baseline(args.n)) for _ in range(args.repeat)]
+    ours = repeats("mailbox", "ping-pong in-process, carmulti", args.repeat, lambda: carmulti.run(_ours(args.n)))
+    base = repeats("mailbox", "ping-pong in-process, 2 asyncio.Queue", args.repeat, lambda: carmulti.run(_baseline(args.n)))
     report.add(Row("ping-pong in-process", median(ours), "round trips/s", median(base), "2 asyncio.Queue", ours, base))
     m = args.n_process
-    ours_p = [carmulti.run(_ours(m, workers=2)) for _ in range(args.repeat)]
-    base_p = [_pipe_baseline(m) for _ in range(args.repeat)]
+    ours_p = repeats("mailbox", "ping-pong across processes, carmulti", args.repeat,
+                     lambda: carmulti.run(_ours(m, workers=2)))
+    base_p = repeats("mailbox", "ping-pong across processes, Pipe", args.repeat, lambda: _pipe_baseline(m))
     report.add(Row("ping-pong across processes (brokered)", median(ours_p), "round trips/s", median(base_p),
                    "2 processes, multiprocessing.Pipe", ours_p, base_p))
-    return report.finish(args.json)
+    return report.finish(args.json, args.check)

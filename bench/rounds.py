@@ -16,7 +16,7 @@ from typing import Any
 import carmulti
 from carmulti import AgentOutput, AgentSpec, Pipeline, SharedInfra, Supervisor, Swarm, SwarmMode
 
-from ._report import Report, Row, add_common_arguments, median
+from ._report import Report, Row, add_common_arguments, median, repeats
 
 
 class InstantRunner:
@@ -73,7 +73,8 @@ def main(args: argparse.Namespace) -> int:
                         ("debate", f"debate Swarm of {args.width}")):
         for _ in range(args.warmup):
             carmulti.run(_ours(kind, max(1, args.n // 10), args.width))
-        ours = [carmulti.run(_ours(kind, args.n, args.width)) for _ in range(args.repeat)]
-        base = [carmulti.run(_baseline(kind, args.n, args.width)) for _ in range(args.repeat)]
+        ours = repeats("rounds", f"{label}, carmulti", args.repeat, lambda: carmulti.run(_ours(kind, args.n, args.width)))
+        base = repeats("rounds", f"{label}, baseline", args.repeat,
+                       lambda: carmulti.run(_baseline(kind, args.n, args.width)))
         report.add(Row(label, median(ours), "runs/s", median(base), "bare awaits / gather", ours, base))
-    return report.finish(args.json)
+    return report.finish(args.json, args.check)

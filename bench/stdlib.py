@@ -32,6 +32,7 @@ from carmulti import (
     ToolError,
 )
 
+from ._report import add_check_argument, check_targets, progress
 from ._util import peak_rss_mib
 
 STATE_PREFIX = "stdlib.stats."
@@ -176,6 +177,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--concurrency", type=int, default=64, help="mappers running at once (default 64)")
     p.add_argument("--executor", choices=("local", "process"), default="local", help="where mappers run (default local)")
     p.add_argument("--workers", type=int, default=2, help="worker processes for --executor process (default 2)")
+    p.add_argument("--max-seconds", type=float, default=60.0, metavar="S",
+                   help="target: the MapReduce takes at most S seconds (default 60)")
+    add_check_argument(p)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -186,13 +190,17 @@ def main(args: argparse.Namespace) -> int:
           f"concurrency {args.concurrency}, executor {args.executor}"
           + (f" ({args.workers} workers)" if args.executor == "process" else ""))
     executor = carmulti.ProcessExecutor(workers=args.workers) if args.executor == "process" else None
-    totals, elapsed = carmulti.run(run_mapreduce(files, max_concurrent=args.concurrency, executor=executor))
+    with progress("stdlib", f"MapReduce over {len(files):,} files, executor {args.executor}", 1) as done:
+        totals, elapsed = carmulti.run(run_mapreduce(files, max_concurrent=args.concurrency, executor=executor))
+        done()
     agents = len(files) + 1
     print(f"agents      {agents}  (mappers {len(files)} + reducer 1)")
     print(f"elapsed     {elapsed:.2f} s")
     print(f"agents/s    {agents / elapsed:,.0f}")
     print(f"peak RSS    {peak_rss_mib():.0f} MiB" + (f" (largest worker {peak_rss_mib(children=True):.0f} MiB)"
                                                        if args.executor == "process" else ""))
+    target, met = f"elapsed <= {args.max_seconds:g} s", elapsed <= args.max_seconds
+    print(f"target      {target}: {'ok' if met else 'MISSED'}")
     print("totals      " + "  ".join(f"{k}={totals[k]}" for k in TOTAL_KEYS))
     t0 = time.perf_counter()
     expected = direct_totals(files)
@@ -202,4 +210,6 @@ def main(args: argparse.Namespace) -> int:
         print(f"MISMATCH (ours, direct): {diff}")
         return 1
     print("OK")
+    if args.check:
+        return check_targets([(f"stdlib MapReduce: {elapsed:.2f} s", target, met)])
     return 0

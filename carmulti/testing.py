@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
+import inspect
 import time
 from typing import Any, Awaitable, Callable, Iterable, Mapping, Union
 
@@ -123,12 +125,73 @@ class ScriptedRunner:
 
 
 class FunctionRunner:
-    """Adapts ``async def fn(spec, task, runtime, mailbox) -> AgentOutput | str`` to a runner."""
+    """Adapts ``async def fn(spec, task, runtime, mailbox) -> AgentOutput | str`` to a runner.
+
+    ``fn`` may be an ``async def`` function or method, a :func:`functools.partial`
+    of one, an object with an ``async def __call__``, or a decorated ``async def``
+    (followed through ``__wrapped__``). A callable whose kind cannot be read
+    (e.g. a compiled extension function) is accepted and checked when called.
+
+    Args:
+        fn: The async callable run for every agent.
+
+    Raises:
+        TypeError: ``fn`` is not callable, or is a plain (sync) ``def``, lambda or
+            async generator function; the message names it and says to use
+            ``async def`` (wrapping blocking code in ``asyncio.to_thread``).
+    """
 
     def __init__(self, fn: Callable[[AgentSpec, str, Any, Any], Awaitable[AgentOutput | str]]) -> None:
         if not callable(fn):
-            raise TypeError(f"FunctionRunner takes an async callable, got {type(fn).__name__}")
+            raise TypeError(f"FunctionRunner takes an async callable fn(spec, task, runtime, mailbox), "
+                            f"got {type(fn).__name__} {fn!r:.80}: pass an 'async def' function")
+        why = _not_async(fn)
+        if why is not None:
+            raise TypeError(f"FunctionRunner: {_callable_name(fn)!r} is {why[0]}, but a runner function must be a "
+                            f"coroutine function: {why[1]} (for blocking work, return "
+                            "'await asyncio.to_thread(blocking_fn, ...)' from it)")
         self.fn = fn
 
     async def run(self, spec: AgentSpec, task: str, runtime: Any, mailbox: Any) -> AgentOutput | str:
-        return await self.fn(spec, task, runtime, mailbox)
+        result = self.fn(spec, task, runtime, mailbox)
+        if not inspect.isawaitable(result):
+            raise TypeError(f"FunctionRunner: {_callable_name(self.fn)!r} returned {type(result).__name__}, not an "
+                            "awaitable: define it with 'async def' (wrap blocking work in asyncio.to_thread)")
+        return await result
+
+
+def _callable_name(fn: Any) -> str:
+    """``fn``'s qualified name, looking through partials; the type name for other callable objects."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
+    return str(name) if name else type(fn).__name__
+
+
+def _not_async(fn: Any) -> tuple[str, str] | None:
+    """(what ``fn`` is, how to fix it) when it is certainly not an async callable; None if it is or cannot be told."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    try:
+        unwrapped = inspect.unwrap(fn)
+    except ValueError:  # a __wrapped__ cycle
+        unwrapped = fn
+    if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(unwrapped):
+        return None
+    short = _callable_name(fn).rsplit(".", 1)[-1]
+    if inspect.isasyncgenfunction(fn):
+        return ("an async generator function (it yields; it cannot be awaited)",
+                f"make 'async def {short}' return its answer instead of yielding it")
+    if inspect.isfunction(fn) or inspect.ismethod(fn):
+        if short == "<lambda>":
+            return "a lambda", "use a named 'async def fn(spec, task, runtime, mailbox)' instead"
+        return "a plain def", f"define it as 'async def {short}(spec, task, runtime, mailbox)'"
+    if inspect.isbuiltin(fn):
+        return "a builtin function", "wrap it in an 'async def fn(spec, task, runtime, mailbox)'"
+    if isinstance(fn, type):
+        return None  # a class: calling it makes an instance, which may be awaitable; checked at call time
+    call = getattr(type(fn), "__call__", None)
+    if inspect.isfunction(call) and _not_async(call) is not None:
+        return ("an object whose __call__ is a plain def",
+                f"define {type(fn).__name__}.__call__ as 'async def __call__(self, spec, task, runtime, mailbox)'")
+    return None

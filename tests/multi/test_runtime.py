@@ -395,6 +395,45 @@ def test_carmulti_run_returns_result_and_propagates_errors():
         carmulti.run(bad())
 
 
+def test_carmulti_run_given_the_function_instead_of_its_coroutine_says_to_call_it():
+    async def main() -> int:
+        return 1
+
+    with pytest.raises(TypeError) as info:
+        carmulti.run(main)  # type: ignore[arg-type]
+    assert str(info.value) == "carmulti.run() takes a coroutine, got function 'main': call it: carmulti.run(main())"
+
+
+def test_carmulti_run_rejects_other_non_awaitables_clearly():
+    def sync_main() -> int:
+        return 1
+
+    async def agen():
+        yield 1
+
+    with pytest.raises(TypeError, match=r"got function 'sync_main', which is a plain def: define it as "
+                                        r"'async def sync_main\(\)' and call carmulti.run\(sync_main\(\)\)"):
+        carmulti.run(sync_main)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"got None: pass the coroutine of an async def function, e.g. carmulti.run\(main\(\)\)"):
+        carmulti.run(None)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"got int 42: pass the coroutine"):
+        carmulti.run(42)  # type: ignore[arg-type]
+    gen = agen()
+    with pytest.raises(TypeError, match=r"got async_generator: .*'async for'"):
+        carmulti.run(gen)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"got async generator function 'agen'.*'async for'"):
+        carmulti.run(agen)  # type: ignore[arg-type]
+
+
+def test_carmulti_run_accepts_any_awaitable():
+    class Awaitable:
+        def __await__(self):
+            yield from asyncio.sleep(0).__await__()
+            return "awaited"
+
+    assert carmulti.run(Awaitable()) == "awaited"
+
+
 def test_carmulti_run_drives_a_pattern():
     from carmulti import AgentSpec, SharedInfra, Swarm
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+from unittest.mock import AsyncMock
+
 import pytest
 
 from carmulti import AgentOutput, AgentSpec, SharedInfra, Swarm, SwarmMode
@@ -84,3 +87,68 @@ async def test_function_runner():
 def test_testing_errors_are_assertion_errors():
     assert issubclass(UnexpectedAgentCall, AssertionError)
     assert issubclass(UnconsumedSteps, AssertionError)
+
+
+def test_function_runner_rejects_a_sync_def_at_construction():
+    def work(spec, task, runtime, mailbox):
+        return "never"
+
+    with pytest.raises(TypeError, match=r"'.*work' is a plain def.*async def.*asyncio\.to_thread"):
+        FunctionRunner(work)
+    with pytest.raises(TypeError, match="lambda"):
+        FunctionRunner(lambda spec, task, runtime, mailbox: "never")
+    with pytest.raises(TypeError, match="work"):
+        FunctionRunner(functools.partial(work))
+
+    class SyncCall:
+        def __call__(self, spec, task, runtime, mailbox):
+            return "never"
+
+    with pytest.raises(TypeError, match="SyncCall"):
+        FunctionRunner(SyncCall())
+
+    async def agen(spec, task, runtime, mailbox):
+        yield "never"
+
+    with pytest.raises(TypeError, match="async generator"):
+        FunctionRunner(agen)
+
+
+async def test_function_runner_accepts_every_async_callable():
+    async def answer(prefix, spec, task, runtime, mailbox):
+        return f"{prefix}:{spec.name}/{task}"
+
+    class AsyncCall:
+        async def __call__(self, spec, task, runtime, mailbox):
+            return f"obj:{spec.name}/{task}"
+
+    class Holder:
+        async def method(self, spec, task, runtime, mailbox):
+            return f"method:{spec.name}/{task}"
+
+    def decorated(fn):
+        @functools.wraps(fn)
+        def wrapper(*args):  # a plain def returning fn's coroutine
+            return fn(*args)
+        return wrapper
+
+    @decorated
+    async def wrapped(spec, task, runtime, mailbox):
+        return f"wrapped:{spec.name}/{task}"
+
+    fns = [functools.partial(answer, "partial"), AsyncCall(), Holder().method, wrapped,
+           functools.partial(AsyncCall()), AsyncMock(return_value="mock")]
+    async with SharedInfra() as infra:
+        answers = [(await Swarm([AgentSpec("a")]).run("T", FunctionRunner(fn), infra)).outputs[0].answer for fn in fns]
+    assert answers == ["partial:a/T", "obj:a/T", "method:a/T", "wrapped:a/T", "obj:a/T", "mock"]
+
+
+async def test_function_runner_result_that_is_not_awaitable_fails_the_agent():
+    async def ok(spec, task, runtime, mailbox):
+        return "ok"
+
+    runner = FunctionRunner(ok)
+    runner.fn = lambda spec, task, runtime, mailbox: "sync answer"  # swapped after the construction check
+    async with SharedInfra() as infra:
+        out = (await Swarm([AgentSpec("a")]).run("T", runner, infra)).outputs[0]
+    assert not out.succeeded and "returned str, not an awaitable" in out.error and "async def" in out.error

@@ -10,7 +10,7 @@ from typing import Any
 import dill
 import pytest
 
-from carmulti import AgentSpec, BudgetLimits, SharedInfra, TokenAccounting
+from carmulti import AgentSpec, BudgetLimits, SharedInfra, Swarm, TokenAccounting
 from carmulti.runners import LlamaCppRunner
 from carmulti.runners import llama as llama_mod
 from carmulti.runners._common import INSTALL_HINT
@@ -197,3 +197,16 @@ def test_package_imports_without_the_optional_dependencies():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     assert "IMPORTERROR" in res.stdout and "pip install 'carmulti[llm]'" in res.stdout
+
+
+async def test_a_tool_the_runner_cannot_offer_fails_the_agent_before_any_model_call(fake_model):
+    tools = AddTools()
+    runner, fake = fake_model("never", tools={"add": ADD_SCHEMA}, tool_executor=tools)
+    async with SharedInfra() as infra:
+        res = await Swarm([AgentSpec("calc", "Calculator.", tools=["ad"])]).run("7+5?", runner, infra)
+    (out,) = res.outputs
+    assert out.error == (
+        "agent 'calc': AgentSpec.tools lists 'ad', which LlamaCppRunner cannot offer (no schema in the runner's "
+        "tools= or on the runtime, and no tool executor for it); the tools it can offer are: add. Fix the name in "
+        "AgentSpec.tools, or pass the runner tools={'ad': <JSON Schema or None>} and a tool_executor that runs it")
+    assert fake.calls == [] and not tools.calls

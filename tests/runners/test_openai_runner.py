@@ -269,3 +269,42 @@ async def test_error_after_a_turn_keeps_the_spend_metered(infra):
     runner = OpenAIChatRunner(srv.client(), model="m", tools={"add": ADD_SCHEMA}, tool_executor=AddTools())
     out = await run_one(runner, AgentSpec("a", tools=["add"]), "t", infra)
     assert "HTTP 502" in out.error and out.turns == 1 and out.tokens.total_tokens == 34
+
+
+async def test_a_tool_the_runner_cannot_offer_fails_the_agent_before_any_model_call():
+    srv = Server(completion("fine"))  # one reply: for agent 'ok'
+    tools = AddTools()
+    client = srv.client()
+    runner = OpenAIChatRunner(client, model="m", tools={"add": ADD_SCHEMA}, tool_executor=tools)
+    try:
+        async with SharedInfra() as infra:
+            res = await Swarm([AgentSpec("calc", "Use the add tool.", tools=["ad"]),
+                               AgentSpec("ok", tools=["add"])]).run("t", runner, infra)
+    finally:
+        await client.close()
+    calc, ok = res.outputs
+    assert ok.succeeded and ok.answer == "fine"
+    assert calc.error == (
+        "agent 'calc': AgentSpec.tools lists 'ad', which OpenAIChatRunner cannot offer (no schema in the runner's "
+        "tools= or on the runtime, and no tool executor for it); the tools it can offer are: add. Fix the name in "
+        "AgentSpec.tools, or pass the runner tools={'ad': <JSON Schema or None>} and a tool_executor that runs it")
+    assert len(srv.requests) == 1 and not tools.calls  # only agent 'ok' reached the model
+
+
+async def test_tools_the_runtime_or_an_open_executor_provides_are_offered(infra):
+    # the runtime already has an executor (a pattern's or the caller's): its registered tools are offered
+    srv = Server(completion("a"))
+    out = await run_one(OpenAIChatRunner(srv.client(), model="m"), AgentSpec("a", tools=["clock"]), "t", infra,
+                        tools={"clock": None}, executor=AddTools())
+    assert out.succeeded and [t["function"]["name"] for t in srv.requests[0]["tools"]] == ["clock"]
+    # a runner with a tool_executor and no tools= mapping runs any tool the spec names (open schemas)
+    srv = Server(completion("b"))
+    out = await run_one(OpenAIChatRunner(srv.client(), model="m", tool_executor=AddTools()),
+                        AgentSpec("b", tools=["anything"]), "t", infra)
+    assert out.succeeded and srv.requests[0]["tools"][0]["function"]["parameters"] == {"type": "object"}
+    # no tool executor anywhere and no schema: nothing could run the tool
+    srv = Server()
+    with pytest.raises(ToolError, match=r"lists 'search', 'ad', which OpenAIChatRunner cannot offer .* "
+                                        r"the tools it can offer are: none\."):
+        await run_one(OpenAIChatRunner(srv.client(), model="m"), AgentSpec("c", tools=["search", "ad"]), "t", infra)
+    assert srv.requests == []
