@@ -16,7 +16,6 @@ several processes. Slots are not refunded (a failed agent still counts).
 from __future__ import annotations
 
 import math
-import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,21 +131,28 @@ class BudgetSnapshot:
 class CoordinationBudget:
     """Shared spend/agent budget on lock-free shared-memory counters.
 
-    The shared-memory block is created on first use and unlinked by
-    :meth:`close` (``SharedInfra.aclose`` calls it). After close, reads return
-    the final values; spending raises ``ValueError``.
+    The shared-memory block is created here, in the constructor, so every copy
+    of this object -- in threads, in processes forked from this one, and in
+    processes it is pickled to (they attach by name) -- charges the same
+    counters. It is unlinked by :meth:`close` in the creating process
+    (``SharedInfra.aclose`` calls it; a forked child never unlinks it). After
+    close, reads return the final values; spending raises ``ValueError``.
 
     Args:
         limits: The ceilings (default: unbounded).
+
+    Raises:
+        TypeError: ``limits`` is not a :class:`BudgetLimits` (or ``None``).
+        OSError: the shared-memory block cannot be created (``/dev/shm`` full or
+            not writable).
     """
 
     def __init__(self, limits: BudgetLimits | None = None) -> None:
         if limits is not None and not isinstance(limits, BudgetLimits):
             raise TypeError(f"CoordinationBudget(limits) takes a BudgetLimits, got {type(limits).__name__}")
         self.limits = limits if limits is not None else BudgetLimits()
-        self._counters: BudgetCounters | None = None
         self._final: tuple[int, int, float, int] | None = None
-        self._create_lock = threading.Lock()
+        self._counters: BudgetCounters | None = BudgetCounters(_SLOTS)
 
     @classmethod
     def unbounded(cls) -> "CoordinationBudget":
@@ -154,8 +160,17 @@ class CoordinationBudget:
 
     @classmethod
     def attach(cls, limits: BudgetLimits, name: str) -> "CoordinationBudget":
-        """Attach to a budget created in another process (by its shared-memory ``name``)."""
-        self = cls(limits)
+        """Attach to a budget created in another process (by its shared-memory ``name``).
+
+        The attached copy never unlinks the block; its :meth:`close` only unmaps it.
+
+        Raises:
+            FileNotFoundError: no block named ``name`` exists (its owner closed it).
+            ValueError: ``name`` is not a budget counters block.
+        """
+        self = cls.__new__(cls)
+        self.limits = limits
+        self._final = None
         self._counters = BudgetCounters.attach(name)
         return self
 
@@ -164,15 +179,15 @@ class CoordinationBudget:
 
     @property
     def counters(self) -> BudgetCounters:
-        """The shared-memory counters (created on first access)."""
+        """The shared-memory counters.
+
+        Raises:
+            ValueError: the budget is closed (its counters were released).
+        """
         c = self._counters
         if c is None:
-            with self._create_lock:  # two threads' first begin_agent() must share one block
-                c = self._counters
-                if c is None:
-                    if self._final is not None:
-                        raise ValueError("this CoordinationBudget is closed; its counters were unlinked")
-                    c = self._counters = BudgetCounters(_SLOTS)
+            raise ValueError("this CoordinationBudget is closed; its counters were unlinked "
+                             "(create a new budget, or close it only after the last agent)")
         return c
 
     # -- reading ---------------------------------------------------------------
