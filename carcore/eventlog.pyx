@@ -20,7 +20,16 @@ Journal format (UTF-8 text, one record per line)::
   ``proposal_id`` (str or null) and ``data`` (any JSON value);
 * ``\\n``.
 
-JSON never contains a raw newline, so a newline ends a record.
+JSON never contains a raw newline, so a newline ends a record.  A journal is created with
+mode 0600 (read/write for its owner only: event data may hold prompts, answers and tool
+arguments); an existing file keeps its mode.
+
+Event data:
+    Validated as ``StateStore.set`` validates a state value: a non-finite float
+    (NaN, +-inf), an int outside ``[-2**63, 2**64)``, a ``datetime``, a dataclass or
+    anything else orjson cannot encode raises ``TypeError`` naming the event kind, and
+    nothing is appended.  As for state values, tuples read back as lists and NaN/inf
+    *inside* a container are written as ``null``.
 
 Durability:
     Every append is handed to the OS with write(2) before ``append`` returns, so it
@@ -126,6 +135,13 @@ cdef str _check_kind(object kind):
 
 cdef bytes _encode_record(int64_t seq, int64_t ts_ns, str kind, object agent,
                           object action_id, object proposal_id, object data):
+    # Same rule as StateStore.set: a non-finite float has no JSON form. orjson would
+    # write it as null (data is nested in the record), silently changing the value.
+    if type(data) is float and not isfinite(<double>data):
+        raise TypeError(
+            f"event data for kind {kind!r} is not JSON-serializable: non-finite float {data!r} "
+            f"has no JSON representation (log None or a string such as {str(data)!r} instead)"
+        )
     try:
         return _compact(_dumps(
             {
@@ -328,7 +344,7 @@ cdef class EventLog:
 
     Args:
         path (str | os.PathLike | None): Journal file, or ``None`` for memory only.  The
-            file is created if missing; an existing empty file is reused.
+            file is created (mode 0600) if missing; an existing empty file is reused.
         fsync (str): ``"always"``, ``"batch"`` or ``"never"``.
         batch_interval_s (float): ``"batch"``: sync when this many seconds passed since
             the last sync (checked at append).
@@ -392,7 +408,7 @@ cdef class EventLog:
 
     def _open_fd(self, str p, int64_t size):
         existed = os.path.exists(p)
-        fd = os.open(p, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = os.open(p, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             # One writer per journal: a second EventLog on the same file (in this or
             # another process) would interleave sequence numbers.
@@ -421,7 +437,7 @@ cdef class EventLog:
     def open(cls, path, *, fsync="batch", batch_interval_s=0.01, batch_records=1024):
         """Open (recovering) an existing journal and continue appending to it.
 
-        Creates the file if it does not exist.
+        Creates the file (mode 0600) if it does not exist.
 
         Args:
             path (str | os.PathLike): The journal file.
@@ -581,15 +597,17 @@ cdef class EventLog:
         Args:
             kind (str): Event kind.
             data (Any): JSON-serializable payload (encoded at once; later mutation of the
-                caller's object does not affect the log).
+                caller's object does not affect the log); see "Event data" in the module
+                docstring for what is refused.
             agent, action_id, proposal_id (str | None): Optional identifiers.
 
         Returns:
             Event: The appended event (``seq`` = previous length, ``ts_ns`` = now).
 
         Raises:
-            TypeError: ``data`` is not JSON-serializable (message names the kind) or a
-                field has the wrong type; nothing is appended.
+            TypeError: ``data`` is not JSON-serializable, e.g. a NaN or infinite float
+                (message names the kind), or a field has the wrong type; nothing is
+                appended.
             ValueError: the log is closed.
             OSError: the journal write or sync failed; nothing is appended in memory.
         """
@@ -622,7 +640,8 @@ cdef class EventLog:
 
         Raises:
             TypeError: a record is not a dict, a field has the wrong type, or data is not
-                JSON-serializable; nothing is appended.
+                JSON-serializable (e.g. a NaN or infinite float; the message names the
+                record's kind); nothing is appended.
             ValueError: a record lacks ``kind`` or has unknown keys, or the log is closed.
             OSError: the journal write or sync failed; nothing is appended in memory.
         """

@@ -230,12 +230,15 @@ class _EventSink:
         """Buffer one event for the coordinator's log.
 
         Raises:
-            TypeError: ``data`` is not JSON-serializable (as ``EventLog.append``);
-                nothing is buffered.
+            TypeError: ``data`` is not JSON-serializable, a NaN or infinite float
+                included (as ``EventLog.append``); nothing is buffered.
             ValueError: ``data`` cannot travel in one frame (``max_frame_bytes``).
         """
         rec: dict[str, Any] = {"kind": kind, "ts_ns": time.time_ns()}
         if data is not None:
+            if type(data) is float and not math.isfinite(data):
+                raise TypeError(f"event data for kind {kind!r} is not JSON-serializable: non-finite float {data!r} "
+                                f"has no JSON representation (log None or a string such as {str(data)!r} instead)")
             try:
                 size = len(orjson.dumps(data, option=_STRICT_JSON))
             except TypeError as exc:

@@ -411,3 +411,43 @@ def test_two_writers_on_one_journal_are_refused(tmp_path):
     again = EventLog.open(path)
     assert len(again) == 1
     again.close()
+
+
+# ------------------------------------------------------------- issue 8 (trust first)
+
+
+def test_journals_are_created_owner_only(tmp_path):
+    """Finding 11b: a journal holds every agent's event data; it is created 0600, not 0644."""
+    old = os.umask(0o022)
+    try:
+        with EventLog(tmp_path / "new.log") as log:
+            log.append("k", {"secret": "x"})
+        with EventLog.open(tmp_path / "opened.log") as log:
+            log.append("k")
+    finally:
+        os.umask(old)
+    assert oct(os.stat(tmp_path / "new.log").st_mode & 0o777) == oct(0o600)
+    assert oct(os.stat(tmp_path / "opened.log").st_mode & 0o777) == oct(0o600)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_event_data_is_refused_like_a_state_value(tmp_path, value):
+    """Finding 11c: ``append`` used to store NaN/inf data as ``null``; ``StateStore.set`` refuses it."""
+    from carcore import StateStore
+
+    with pytest.raises(TypeError, match="state value for key 'k' is not JSON-serializable: non-finite float"):
+        StateStore().set("k", value)
+    path = tmp_path / "j.log"
+    with EventLog(path) as log:
+        log.append("ok", 1.5)
+        size = os.path.getsize(path)
+        with pytest.raises(TypeError, match=r"event data for kind 'score' is not JSON-serializable: "
+                                            r"non-finite float .* has no JSON representation"):
+            log.append("score", value, agent="a")
+        with pytest.raises(TypeError, match="event data for kind 'score' is not JSON-serializable: non-finite"):
+            log.append_batch([{"kind": "fine", "data": 1}, {"kind": "score", "data": value}])
+        with pytest.raises(TypeError, match="event data for kind 'score' is not JSON-serializable: non-finite"):
+            Event(0, 0, "score", value)
+        assert len(log) == 1 and os.path.getsize(path) == size  # nothing appended, in memory or on disk
+    with EventLog.open(path) as again:
+        assert [e.data for e in again] == [1.5]
