@@ -16,6 +16,7 @@ several processes. Slots are not refunded (a failed agent still counts).
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +39,27 @@ BUDGET_SKIP_PREFIX = "budget skipped: "
 
 _IN, _OUT, _COST, _AGENTS = 0, 1, 2, 3
 _SLOTS = 4
+
+_swept_in_pid: int | None = None  # the process that last swept stale segments
+
+
+def _sweep_stale_once() -> None:
+    """Remove, once per process, the budget segments of processes that died without closing them.
+
+    A coordinator killed with ``kill -9`` never unlinks its ``/dev/shm/carmulti-{pid}-*``
+    segment; nothing else would. Costs one ``listdir`` of ``/dev/shm`` and one ``kill(pid, 0)``
+    per ``carmulti-*`` entry; a forked child sweeps again (it is a new process). Errors are
+    ignored: sweeping is housekeeping and never stops a budget from being created.
+    """
+    global _swept_in_pid
+    pid = os.getpid()
+    if _swept_in_pid == pid:
+        return
+    _swept_in_pid = pid
+    try:
+        BudgetCounters.sweep_stale()
+    except OSError:  # pragma: no cover - /dev/shm unreadable: nothing to sweep
+        pass
 
 
 @dataclass(frozen=True)
@@ -138,6 +160,10 @@ class CoordinationBudget:
     (``SharedInfra.aclose`` calls it; a forked child never unlinks it). After
     close, reads return the final values; spending raises ``ValueError``.
 
+    The first budget created in a process also removes, once, the
+    ``/dev/shm/carmulti-{pid}-*`` segments left behind by processes that died
+    without closing theirs (:meth:`carcore.BudgetCounters.sweep_stale`).
+
     Args:
         limits: The ceilings (default: unbounded).
 
@@ -150,6 +176,7 @@ class CoordinationBudget:
     def __init__(self, limits: BudgetLimits | None = None) -> None:
         if limits is not None and not isinstance(limits, BudgetLimits):
             raise TypeError(f"CoordinationBudget(limits) takes a BudgetLimits, got {type(limits).__name__}")
+        _sweep_stale_once()
         self.limits = limits if limits is not None else BudgetLimits()
         self._final: tuple[int, int, float, int] | None = None
         self._counters: BudgetCounters | None = BudgetCounters(_SLOTS)

@@ -236,3 +236,38 @@ async def test_shared_infra_rejects_bad_arguments():
         SharedInfra(budget={"max_agents": 1})  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         SharedInfra(agent_timeout_s=0)
+
+
+def test_first_budget_of_a_process_sweeps_segments_left_by_dead_coordinators(monkeypatch):
+    """Issue 8 finding 11a: a coordinator killed with ``kill -9`` leaves its ``carmulti-{pid}-*``
+    segment in /dev/shm; the first budget a process creates removes such segments (once)."""
+    import os
+    import subprocess
+    import sys
+
+    import carmulti.budget as budget_module
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()  # reaped: its pid names no process
+    live = os.getppid()  # alive and not ours: its segments are kept
+
+    def fake_segment(pid: int) -> str:
+        path = f"/dev/shm/carmulti-{pid}-{os.urandom(8).hex()}"
+        with open(path, "wb") as f:
+            f.write(bytes(128))
+        return path
+
+    dead_seg, live_seg = fake_segment(child.pid), fake_segment(live)
+    later_seg = None
+    try:
+        monkeypatch.setattr(budget_module, "_swept_in_pid", None, raising=False)  # as in a fresh process
+        CoordinationBudget().close()
+        assert not os.path.exists(dead_seg)
+        assert os.path.exists(live_seg)
+        later_seg = fake_segment(child.pid)
+        CoordinationBudget().close()  # once per process: no second listing of /dev/shm
+        assert os.path.exists(later_seg)
+    finally:
+        for path in (dead_seg, live_seg, later_seg):
+            if path is not None and os.path.exists(path):
+                os.unlink(path)
