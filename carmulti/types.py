@@ -9,8 +9,9 @@ is interchangeable with the Rust bindings.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import date, datetime, time as clock_time, timezone
 from typing import Any, Mapping
 
 import orjson
@@ -44,6 +45,89 @@ def truncate(s: str, max_bytes: int) -> str:
     return b[:n].decode("utf-8", "surrogatepass")
 
 
+# orjson would turn these into strings / dicts; like carcore.StateStore, metadata refuses them.
+_STRICT_JSON = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+_I64_MIN, _U64_END = -(2**63), 2**64
+
+
+def _not_json(value: Any) -> str | None:
+    """Why a *leaf* value (not a dict/list/tuple) is not JSON as metadata, or None if it is."""
+    t = type(value)
+    if t is float:
+        return None if math.isfinite(value) else (
+            f"non-finite float {value!r} has no JSON representation (use None or a string)")
+    if t is int:
+        return None if _I64_MIN <= value < _U64_END else (
+            f"integer {value} exceeds the 64-bit range (store it as a str)")
+    try:
+        orjson.dumps(value, option=_STRICT_JSON)
+        return None
+    except TypeError:
+        pass
+    if isinstance(value, (date, clock_time)):  # datetime is a date
+        fix = "convert it with .isoformat()"
+    elif dataclasses.is_dataclass(value):
+        fix = "convert it with dataclasses.asdict()"
+    elif isinstance(value, (set, frozenset)):
+        fix = "use a sorted list"
+    elif isinstance(value, (bytes, bytearray, memoryview)):
+        fix = "decode it to a str (or base64 it)"
+    else:
+        fix = "use str, int, float, bool, None, list or dict values"
+    return f"{type(value).__name__} {value!r} is not a JSON value ({fix})"
+
+
+def _find_not_json(value: Any, path: str) -> tuple[str, str]:
+    """The first ``(key path, reason)`` inside ``value`` (which orjson refused), depth first."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if type(k) is not str:
+                return path, f"key {k!r} ({type(k).__name__}) is not a str (JSON object keys are plain str)"
+            try:
+                orjson.dumps(v, option=_STRICT_JSON)
+            except TypeError:
+                return _find_not_json(v, f"{path}[{k!r}]")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            try:
+                orjson.dumps(v, option=_STRICT_JSON)
+            except TypeError:
+                return _find_not_json(v, f"{path}[{i}]")
+    return path, _not_json(value) or f"{type(value).__name__} is not a JSON value"
+
+
+def _json_metadata(name: str, metadata: Any) -> dict[str, Any]:
+    """``metadata`` as plain JSON (a new dict), validated as ``StateStore.set`` validates values.
+
+    Each top-level entry is treated like a state key and value: a str-subclass key becomes a
+    ``str``; a NaN/infinite float or an int outside ``[-2**63, 2**64)`` is refused.
+
+    Raises:
+        TypeError: ``metadata`` is not a mapping, a key is not a str, or a value is not JSON
+            (see :class:`AgentSpec`); the message names the spec and the key path.
+    """
+    if not isinstance(metadata, Mapping):
+        raise TypeError(f"AgentSpec({name!r}).metadata must be a dict with str keys, got "
+                        f"{type(metadata).__name__}: {metadata!r}")
+    md: dict[str, Any] = {}
+    for k, v in metadata.items():
+        if type(k) is not str:
+            if not isinstance(k, str):
+                raise TypeError(f"AgentSpec({name!r}).metadata is not JSON-serializable: key {k!r} "
+                                f"({type(k).__name__}) is not a str (JSON object keys are plain str)")
+            k = str.__str__(k)
+        t = type(v)
+        if (t is float and not math.isfinite(v)) or (t is int and not _I64_MIN <= v < _U64_END):
+            raise TypeError(f"AgentSpec({name!r}).metadata[{k!r}] is not JSON-serializable: {_not_json(v)}")
+        md[k] = v
+    try:
+        return orjson.loads(orjson.dumps(md, option=_STRICT_JSON))  # type: ignore[no-any-return]
+    except TypeError:
+        path, reason = _find_not_json(md, "")
+    raise TypeError(f"AgentSpec({name!r}).metadata{path} is not JSON-serializable: {reason}; metadata "
+                    "reaches runners in worker processes as JSON, so it must be JSON to begin with")
+
+
 @dataclass(frozen=True)
 class AgentSpec:
     """Blueprint of one agent. Frozen: the ``with_*`` builders return copies.
@@ -56,8 +140,25 @@ class AgentSpec:
             agent's :class:`~carmulti.Runtime` before the runner starts.
         max_turns: Advisory turn limit for the runner (default 10, as Rust).
         metadata: Opaque JSON for the runner (model, temperature, ...). The
-            workspace path is injected under ``"workspace"``.
+            workspace path is injected under ``"workspace"``. Validated and
+            normalised once, here, with the rules of ``carcore.StateStore.set``
+            (each entry as a state key and value), so a runner sees equal
+            metadata on every executor (a worker process gets it as JSON):
+            tuples become lists, enum members their values, ``uuid.UUID`` a
+            str, str subclasses str, and NaN/infinity *inside* a list or dict
+            ``None``; a key that is not a str, a NaN/infinite float or an int
+            outside ``[-2**63, 2**64)`` as a value, a ``datetime``/``date``/
+            ``time``, a dataclass, a set, bytes or any other object orjson
+            cannot encode is refused.
         cache_control: Mark the system prompt for provider prompt caching.
+
+    Raises:
+        ValueError: ``name`` is empty or not a str, or ``max_turns`` is not an
+            int >= 0.
+        TypeError: ``tools`` is not a list of str; ``metadata`` is not a
+            mapping or holds something that is not JSON (the message names the
+            spec and the key path, e.g. ``AgentSpec('a').metadata['run']['at']``,
+            and how to convert it).
     """
 
     name: str
@@ -74,6 +175,9 @@ class AgentSpec:
             raise TypeError(f"AgentSpec({self.name!r}).tools must be a list of str, got {self.tools!r}")
         if not isinstance(self.max_turns, int) or self.max_turns < 0:
             raise ValueError(f"AgentSpec({self.name!r}).max_turns must be an int >= 0, got {self.max_turns!r}")
+        md = self.metadata
+        if md or type(md) is not dict:  # the common empty dict costs one truth test
+            object.__setattr__(self, "metadata", _json_metadata(self.name, md))
 
     def with_tools(self, tools: list[str]) -> "AgentSpec":
         """Return a copy with ``tools`` replaced."""
@@ -84,10 +188,27 @@ class AgentSpec:
         return dataclasses.replace(self, max_turns=n)
 
     def with_metadata(self, key: str, value: Any) -> "AgentSpec":
-        """Return a copy whose metadata has ``key`` set to ``value`` (inserted or overwritten)."""
+        """Return a copy whose metadata has ``key`` set to ``value`` (inserted or overwritten).
+
+        Only the new entry is validated and normalised (as in the constructor);
+        the other fields are copied, already valid.
+
+        Raises:
+            TypeError: ``key`` is not a str, or ``value`` is not JSON (the
+                message names the spec and the key path).
+        """
+        if not isinstance(key, str):
+            raise TypeError(f"AgentSpec({self.name!r}).with_metadata key must be a str, got "
+                            f"{type(key).__name__}: {key!r}")
+        entry = _json_metadata(self.name, {key: value})
+        new = object.__new__(AgentSpec)
+        d = new.__dict__
+        d.update(self.__dict__)
+        d["tools"] = list(self.tools)
         md = dict(self.metadata)
-        md[key] = value
-        return dataclasses.replace(self, metadata=md)
+        md.update(entry)
+        d["metadata"] = md
+        return new
 
     def with_name(self, name: str) -> "AgentSpec":
         """Return a copy renamed to ``name`` (used for mapper clones and critiques).
@@ -120,13 +241,19 @@ class AgentSpec:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "AgentSpec":
-        """Inverse of :meth:`to_dict`; missing optional fields take their defaults."""
+        """Inverse of :meth:`to_dict`; missing optional fields take their defaults.
+
+        Raises:
+            KeyError: ``name`` is missing.
+            ValueError, TypeError: as the constructor (``metadata`` is validated
+                the same way).
+        """
         return cls(
             name=d["name"],
             system_prompt=d.get("system_prompt", ""),
             tools=list(d.get("tools") or []),
             max_turns=d.get("max_turns", 10),
-            metadata=dict(d.get("metadata") or {}),
+            metadata=d.get("metadata") or {},
             cache_control=bool(d.get("cache_control", False)),
         )
 

@@ -3,9 +3,102 @@ up front, identically on both executors -- spec metadata and event data."""
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
+import enum
 from typing import Any
 
+import pytest
+
 from carmulti import AgentOutput, AgentSpec, Swarm
+
+
+class Color(enum.Enum):
+    RED = "red"
+
+
+@dataclasses.dataclass
+class Point:
+    x: int
+    y: int
+
+
+class MetadataProbe:
+    """Answers with ``repr(spec.metadata)``: types show (tuple vs list, nan vs None)."""
+
+    async def run(self, spec: AgentSpec, task: str, runtime: Any, mailbox: Any) -> AgentOutput:
+        return AgentOutput(spec.name, repr(spec.metadata))
+
+
+# -- AgentSpec.metadata (finding 10) -------------------------------------------------------------
+
+
+async def test_runners_see_equal_metadata_on_both_executors(make_infra) -> None:
+    """Metadata is JSON, normalised once when the spec is built (as ``StateStore`` stores values):
+    tuples are lists, enum members their values, NaN inside a container ``None`` -- on both executors,
+    where a worker used to see different types than a local runner."""
+    md = {"pair": (1, 2), "nested": {"t": (1, (2, "x")), "score": float("nan")}, "color": Color.RED,
+          "temperature": 0.7, "big": 2**63, "flag": True, "none": None}
+    spec = AgentSpec("probe", metadata=md)
+    expected = {"pair": [1, 2], "nested": {"t": [1, [2, "x"]], "score": None}, "color": "red",
+                "temperature": 0.7, "big": 2**63, "flag": True, "none": None}
+    infra = make_infra()
+    res = await Swarm([spec, spec.with_name("clone"), spec.with_metadata("extra", ("a",))]).run(
+        "t", MetadataProbe(), infra)
+    assert [o.answer for o in res.outputs] == [repr(expected), repr(expected), repr({**expected, "extra": ["a"]})]
+    assert spec.metadata == expected
+
+
+@pytest.mark.parametrize("metadata, path, what", [
+    ({"when": datetime.date(2024, 1, 2)}, "['when']", "date"),
+    ({"run": {"at": [datetime.datetime(2024, 1, 2)]}}, "['run']['at'][0]", "datetime"),
+    ({"p": Point(1, 2)}, "['p']", "Point"),
+    ({"temperature": float("nan")}, "['temperature']", "non-finite float nan"),
+    ({"limit": float("inf")}, "['limit']", "non-finite float inf"),
+    ({"n": 2**64}, "['n']", "integer 18446744073709551616 exceeds the 64-bit range"),
+    ({"ns": [1, -(2**70)]}, "['ns'][1]", "exceeds the 64-bit range"),
+    ({1: "x"}, "", "key 1 (int) is not a str"),
+    ({"a": {("k",): 1}}, "['a']", "key ('k',) (tuple) is not a str"),
+    ({"tags": {"x", "y"}}, "['tags']", "set"),
+    ({"raw": b"bytes"}, "['raw']", "bytes"),
+    ({"obj": object()}, "['obj']", "object"),
+])
+def test_metadata_that_is_not_json_is_refused_when_the_spec_is_built(metadata, path, what) -> None:
+    prefix = f"AgentSpec('a').metadata{path}"
+    with pytest.raises(TypeError, match=fr"^{re_escape(prefix)} is not JSON-serializable: .*{re_escape(what)}"):
+        AgentSpec("a", metadata=metadata)
+    with pytest.raises(TypeError, match=re_escape(prefix)):
+        AgentSpec.from_dict({"name": "a", "metadata": metadata})
+    ((key, value),) = metadata.items() if len(metadata) == 1 else (None, None)
+    if isinstance(key, str):
+        with pytest.raises(TypeError, match=re_escape(prefix)):
+            AgentSpec("a").with_metadata(key, value)
+
+
+def test_metadata_errors_say_how_to_fix() -> None:
+    with pytest.raises(TypeError, match=r"\.isoformat\(\)"):
+        AgentSpec("a", metadata={"when": datetime.date(2024, 1, 2)})
+    with pytest.raises(TypeError, match=r"dataclasses\.asdict"):
+        AgentSpec("a", metadata={"p": Point(1, 2)})
+    with pytest.raises(TypeError, match="AgentSpec\\('a'\\)\\.metadata must be a dict with str keys, got list"):
+        AgentSpec("a", metadata=[("k", 1)])  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="with_metadata key must be a str, got int"):
+        AgentSpec("a").with_metadata(1, "x")  # type: ignore[arg-type]
+
+
+def test_metadata_builders_validate_only_what_they_add_and_copy() -> None:
+    s = AgentSpec("a", metadata={"k": (1,)})
+    t = s.with_metadata("when", "2024-01-02").with_metadata("k", (2, 3))
+    assert t.metadata == {"k": [2, 3], "when": "2024-01-02"} and s.metadata == {"k": [1]}
+    u = t.with_name("b")
+    assert u.metadata == t.metadata and u.metadata is not t.metadata
+    assert AgentSpec.from_dict(t.to_dict()) == t
+
+
+def re_escape(s: str) -> str:
+    import re
+
+    return re.escape(s)
 
 
 class EventProbe:
