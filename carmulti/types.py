@@ -77,8 +77,10 @@ def _not_json(value: Any) -> str | None:
     return f"{type(value).__name__} {value!r} is not a JSON value ({fix})"
 
 
-def _find_not_json(value: Any, path: str) -> tuple[str, str]:
+def _find_not_json(value: Any, path: str, depth: int = 0) -> tuple[str, str]:
     """The first ``(key path, reason)`` inside ``value`` (which orjson refused), depth first."""
+    if depth > 254:  # orjson's own limit; also ends a walk around a reference cycle
+        return path, "it is nested more than 254 levels deep (or contains itself)"
     if isinstance(value, dict):
         for k, v in value.items():
             if type(k) is not str:
@@ -86,13 +88,13 @@ def _find_not_json(value: Any, path: str) -> tuple[str, str]:
             try:
                 orjson.dumps(v, option=_STRICT_JSON)
             except TypeError:
-                return _find_not_json(v, f"{path}[{k!r}]")
+                return _find_not_json(v, f"{path}[{k!r}]", depth + 1)
     elif isinstance(value, (list, tuple)):
         for i, v in enumerate(value):
             try:
                 orjson.dumps(v, option=_STRICT_JSON)
             except TypeError:
-                return _find_not_json(v, f"{path}[{i}]")
+                return _find_not_json(v, f"{path}[{i}]", depth + 1)
     return path, _not_json(value) or f"{type(value).__name__} is not a JSON value"
 
 
