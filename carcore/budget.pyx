@@ -262,6 +262,29 @@ cdef class BudgetCounters:
             if system.car_atomic_cas(p, &cur, new):
                 return new
 
+    def add_saturating(self, i, delta):
+        """Atomically add ``delta`` (>= 0) to slot ``i``, stopping at the int64 maximum; return the new value.
+
+        For totals that must never raise: a budget's spend counters saturate
+        (a total of 2**63 - 1 tokens crosses every limit) instead of overflowing.
+
+        Raises:
+            ValueError: ``delta`` is negative.
+            OverflowError: ``delta`` does not fit in int64.
+            TypeError: ``delta`` is not an int.  IndexError / ValueError: as :meth:`load`.
+        """
+        cdef int64_t *p = self._slot(i)
+        cdef int64_t d = _as_i64(delta, "delta")
+        if d < 0:
+            raise ValueError(f"add_saturating takes a delta >= 0, got {delta}")
+        cdef int64_t cur = system.car_atomic_load(p)
+        cdef int64_t new
+        while True:
+            if system.car_add_overflow(cur, d, &new):
+                new = INT64_MAX
+            if system.car_atomic_cas(p, &cur, new):
+                return new
+
     def reserve(self, i, amount, cap):
         """Atomically add ``amount`` to slot ``i`` iff the result stays ``<= cap``.
 

@@ -278,8 +278,13 @@ class CoordinationBudget:
     def record(self, tokens: TokenAccounting | None) -> None:
         """Add one agent's reported spend (``None`` adds nothing).
 
+        Token totals saturate at ``2**63 - 1`` (they never overflow: a total that
+        large crosses every limit).
+
         Raises:
             ValueError: negative token counts or a negative/NaN cost.
+            OverflowError: one count does not fit in 64 bits (executors refuse
+                such an output before it is recorded).
         """
         if tokens is None:
             return
@@ -288,9 +293,9 @@ class CoordinationBudget:
             raise ValueError(f"reported spend must be non-negative, got input={i} output={o} cost_usd={cost}")
         c = self.counters
         if i:
-            c.add(_IN, int(i))
+            c.add_saturating(_IN, int(i))  # totals saturate at 2**63 - 1 (past every limit), never raise
         if o:
-            c.add(_OUT, int(o))
+            c.add_saturating(_OUT, int(o))
         if cost:
             c.add_f64(_COST, float(cost))
 

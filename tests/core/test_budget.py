@@ -287,3 +287,15 @@ def test_pickled_counters_usable_in_another_process(bc):
     assert out.stdout.split() == [b"False", b"8"]
     assert bc.load(0) == 8
     assert bc.name[1:] in os.listdir("/dev/shm")
+
+
+def test_add_saturating_stops_at_the_int64_maximum():
+    c = BudgetCounters(1)
+    try:
+        assert c.add_saturating(0, 2**62) == 2**62
+        assert c.add_saturating(0, 2**62) == 2**63 - 1  # would overflow: saturates
+        assert c.add_saturating(0, 5) == 2**63 - 1
+        with pytest.raises(ValueError, match="delta >= 0"):
+            c.add_saturating(0, -1)
+    finally:
+        c.close()

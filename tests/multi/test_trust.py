@@ -177,6 +177,16 @@ async def test_a_wrongly_typed_output_fails_only_that_agent(make_infra, case, ou
     assert infra.budget.snapshot().total_tokens == 4
 
 
+async def test_token_totals_saturate_instead_of_raising(make_infra):
+    """F2: totals past 64 bits raised OverflowError out of Swarm.run."""
+    infra = make_infra()
+    big = _b64(AgentOutput("x", "ok", tokens=TokenAccounting(2**62, 0, 0.0)))
+    agents = [AgentSpec(f"a{i}", metadata={"ret": big}) for i in range(3)]
+    res = await asyncio.wait_for(Swarm(agents).run("t", PickledOutputRunner(), infra), HANG_BOUND_S)
+    assert all(o.succeeded for o in res.outputs)
+    assert infra.budget.snapshot().input_tokens == 2**63 - 1
+
+
 async def test_a_runner_raising_generator_exit_is_a_failed_agent(make_infra):
     """F2: ``GeneratorExit`` from a runner killed the worker's task (a hang) or escaped locally."""
     infra = make_infra()
