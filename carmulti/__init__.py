@@ -11,6 +11,7 @@ Everything public is importable from here; the implementation lives in modules.
 """
 
 import inspect
+from typing import Any
 
 from ._run import run
 from .budget import BudgetLimits, BudgetSnapshot, CoordinationBudget, budget_skipped_output, is_budget_skipped
@@ -29,18 +30,17 @@ from .errors import (
     MultiError,
     NoOutput,
     PoolAtCapacity,
-    SupervisorGaveUp,
     ToolError,
     UnknownSpecialist,
     WireProtocolError,
+    WorkerPoolGaveUp,
 )
-from .executors import IDEMPOTENT_METADATA_KEY, AgentJob, AgentRun, Executor, LocalExecutor, ProcessExecutor
+from .executors import IDEMPOTENT_METADATA_KEY, LocalExecutor, ProcessExecutor
 from .infra import SharedInfra
 from .isolation import AgentContext, TaskScope
 from .mailbox import Inbox, Mailbox
 from .patterns import (
     DELEGATE_SCHEMA,
-    DelegatingExecutor,
     DelegationRecord,
     Delegator,
     DelegatorResult,
@@ -87,11 +87,9 @@ __all__ = [
     "AgentContext",
     "AgentFailed",
     "AgentId",
-    "AgentJob",
     "AgentMessage",
     "AgentOutput",
     "AgentPool",
-    "AgentRun",
     "AgentRunner",
     "AgentSpec",
     "AgentWorkspace",
@@ -102,11 +100,9 @@ __all__ = [
     "CarError",
     "CoordinationBudget",
     "DELEGATE_SCHEMA",
-    "DelegatingExecutor",
     "DelegationRecord",
     "Delegator",
     "DelegatorResult",
-    "Executor",
     "FailureBehavior",
     "IDEMPOTENT_METADATA_KEY",
     "Inbox",
@@ -136,7 +132,6 @@ __all__ = [
     "Runtime",
     "SharedInfra",
     "Supervisor",
-    "SupervisorGaveUp",
     "SupervisorResult",
     "Swarm",
     "SwarmMode",
@@ -150,6 +145,7 @@ __all__ = [
     "VoteResult",
     "WORKSPACE_METADATA_KEY",
     "WireProtocolError",
+    "WorkerPoolGaveUp",
     "WorkspaceConfig",
     "WorkspaceError",
     "WorkspaceMode",
@@ -159,6 +155,28 @@ __all__ = [
     "run",
     "truncate",
 ]
+
+
+#: Names that moved, still importable from here with a ``DeprecationWarning``: old name -> (module, new name).
+_MOVED = {
+    "SupervisorGaveUp": ("carmulti.errors", "WorkerPoolGaveUp"),
+    "DelegatingExecutor": ("carmulti.patterns", "DelegateTool"),
+    "AgentJob": ("carmulti.executors", "AgentJob"),
+    "AgentRun": ("carmulti.executors", "AgentRun"),
+    "Executor": ("carmulti.executors", "Executor"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Moved names (see ``_MOVED``): importable for one more release, with a ``DeprecationWarning``."""
+    if name in _MOVED:
+        import importlib
+        import warnings
+
+        module, new = _MOVED[name]
+        warnings.warn(f"carmulti.{name} moved: use {module}.{new}", DeprecationWarning, stacklevel=2)
+        return getattr(importlib.import_module(module), new)
+    raise AttributeError(f"module 'carmulti' has no attribute {name!r}")
 
 
 def _fix_module_metadata() -> None:

@@ -21,6 +21,7 @@ DEBATE_TRUNCATE = 300
 SYNTH_TRUNCATE = 500
 WORKSPACE_FAILED = "workspace provisioning failed: {err}"
 JOIN_ERROR = "join error: {details}"
+MISSING_RESULT = "internal: missing join result"
 STATE_KEY = "agent.{name}.answer"
 STATE_WRITER = "swarm.{name}"
 
@@ -50,3 +51,8 @@ VOTE_SYNTH_TASK = (
     "Original task: {task}\n\nCandidate answers:\n{lines}\n\n"
     "No answer has a majority. Reply with the single best answer."
 )
+
+# -- agent runs (every executor; API.md "Infrastructure") ------------------------
+TIMEOUT = "timeout after {timeout}s"
+RUNNER_CANCELLED = JOIN_ERROR.format(details="CancelledError raised by the runner")
+INVALID_OUTPUT = "invalid output from runner: {problem}"

@@ -18,7 +18,7 @@ Every error carmulti raises on purpose derives from :class:`carcore.CarError`::
                ├── AdvisorExhausted        ``advisor exhausted: used {used} of {max_uses} allowed consultations``
                ├── BudgetError             a spawn was refused by the coordination budget
                ├── PoolAtCapacity          ``agent pool at capacity ({running}/{max})``
-               ├── SupervisorGaveUp        process executor: too many worker restarts (restart intensity)
+               ├── WorkerPoolGaveUp        process executor: too many worker restarts (restart intensity)
                ├── ToolError               a tool call failed (message becomes the action's error)
                ├── WireProtocolError       a malformed frame between coordinator and worker
                ├── WorkspaceError          a workspace could not be provisioned
@@ -54,10 +54,10 @@ __all__ = [
     "MultiError",
     "NoOutput",
     "PoolAtCapacity",
-    "SupervisorGaveUp",
     "ToolError",
     "UnknownSpecialist",
     "WireProtocolError",
+    "WorkerPoolGaveUp",
     "WorkspaceError",
 ]
 
@@ -236,8 +236,12 @@ class PoolAtCapacity(MultiError):
         super().__init__(f"agent pool at capacity ({running}/{max_concurrent})")
 
 
-class SupervisorGaveUp(MultiError):
-    """The process executor stopped its worker pool: workers died too often (OTP restart intensity).
+class WorkerPoolGaveUp(MultiError):
+    """The process executor's worker supervisor stopped the pool: workers died too often.
+
+    (Named ``SupervisorGaveUp`` before 0.2: it is unrelated to the
+    :class:`~carmulti.Supervisor` pattern; the old name still works, with a
+    ``DeprecationWarning``.) The rule is OTP's restart intensity:
 
     More than ``max_restarts`` worker restarts happened within
     ``restart_period_s`` seconds (e.g. a runner that kills its process every
@@ -261,7 +265,7 @@ class SupervisorGaveUp(MultiError):
         )
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (SupervisorGaveUp, (self.max_restarts, self.period_s, self.causes))
+        return (WorkerPoolGaveUp, (self.max_restarts, self.period_s, self.causes))
 
 
 class ToolError(MultiError):
@@ -287,3 +291,17 @@ class WireProtocolError(MultiError):
 
 class WorkspaceError(MultiError):
     """A workspace could not be provisioned (the message says why and how to fix it)."""
+
+
+_DEPRECATED = {"SupervisorGaveUp": ("WorkerPoolGaveUp", WorkerPoolGaveUp)}
+
+
+def __getattr__(name: str) -> Any:
+    """Deprecated names: still importable, with a ``DeprecationWarning`` naming the new one."""
+    if name in _DEPRECATED:
+        import warnings
+
+        new, obj = _DEPRECATED[name]
+        warnings.warn(f"carmulti.{name} is deprecated; use carmulti.{new}", DeprecationWarning, stacklevel=2)
+        return obj
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -29,14 +29,24 @@ class AgentContext:
     Args:
         agent_name: The agent; also the writer id of merged transitions.
         parent_state: The shared ``carcore.StateStore`` (or an ``Overlay``).
+        local_state: An existing view that already keeps this agent's writes
+            local (a process executor's worker-side state view); default: a
+            fresh ``parent_state.overlay(agent_name)``.
+
+    Raises:
+        TypeError: neither ``parent_state`` nor ``local_state`` is given.
     """
 
     __slots__ = ("agent_name", "parent_state", "local_state")
 
-    def __init__(self, agent_name: str, parent_state: Any) -> None:
+    def __init__(self, agent_name: str, parent_state: Any = None, *, local_state: Any = None) -> None:
+        if local_state is None:
+            if parent_state is None:
+                raise TypeError(f"AgentContext({agent_name!r}) needs a parent_state to overlay (or a local_state)")
+            local_state = parent_state.overlay(agent_name)
         self.agent_name = agent_name
         self.parent_state = parent_state
-        self.local_state = parent_state.overlay(agent_name)
+        self.local_state = local_state
 
     def get(self, key: str, default: Any = None) -> Any:
         """Local value if written here, else the parent's."""

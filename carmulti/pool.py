@@ -18,10 +18,11 @@ import collections
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable
 
+from . import _strings as S
 from .errors import MailboxSend, PoolAtCapacity
 from .executors.base import AgentJob
+from .lifecycle import conclude, failed_output, reserve, run_one
 from .mailbox import Inbox
-from .patterns._common import failed_output, gate, settle
 from .runner import check_runner
 from .types import AgentOutput, AgentSpec
 
@@ -202,13 +203,13 @@ class AgentPool:
         task_obj.add_done_callback(lambda t, aid=aid: self._finished(aid, t))
 
     async def _run(self, aid: AgentId, spec: AgentSpec, task: str) -> AgentOutput:
-        skipped = gate(self.infra, spec.name)
+        skipped = reserve(self.infra, spec.name)
         if skipped is not None:
             return skipped
         inbox = self._router._inboxes.get(aid) or self._router.register(aid)
         mailbox = PooledMailbox(aid, inbox, self._router)
-        run = await self.infra.executor.run_agent(self.runner, AgentJob(spec, task, mailbox=mailbox), self.infra)
-        return settle(self.infra, run, spec.name)
+        return conclude(self.infra, await run_one(self.infra, self.runner, AgentJob(spec, task, mailbox=mailbox)),
+                        spec.name)
 
     def _finished(self, aid: AgentId, t: "asyncio.Task[AgentOutput]") -> None:
         _, spec = self._running.pop(aid)
@@ -217,7 +218,7 @@ class AgentPool:
             out = failed_output(spec.name, "aborted")
         elif t.exception() is not None:
             exc = t.exception()
-            out = failed_output(spec.name, f"join error: {type(exc).__name__}: {exc}")
+            out = failed_output(spec.name, S.JOIN_ERROR.format(details=f"{type(exc).__name__}: {exc}"))
         else:
             out = t.result()
         self._done.append((aid, out))

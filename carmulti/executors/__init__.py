@@ -1,7 +1,19 @@
-"""Where agents run: in-process (:class:`LocalExecutor`) or in worker processes (:class:`ProcessExecutor`)."""
+"""Where agents run, and the interface an executor implements.
 
-from .base import IDEMPOTENT_METADATA_KEY, AgentJob, AgentRun, Executor
+* :class:`LocalExecutor` -- coroutines on the caller's event loop (the default).
+* :class:`ProcessExecutor` -- a pool of worker processes connected by ZeroMQ.
+
+For executor authors: the seam (:class:`AgentJob`, :class:`AgentRun`,
+:class:`Coordination`, :class:`Executor`) and the one agent run every executor
+uses (:func:`run_agent` with an :class:`AgentEnvironment`). A new executor
+implements ``Executor`` and calls ``run_agent`` wherever it runs a job; see
+``docs/ARCHITECTURE.md``.
+"""
+
+from .agent_run import AgentEnvironment, run_agent
+from .base import IDEMPOTENT_METADATA_KEY, AgentJob, AgentRun, Coordination, Executor
 from .local import LocalExecutor
 from .process import ProcessExecutor
 
-__all__ = ["IDEMPOTENT_METADATA_KEY", "AgentJob", "AgentRun", "Executor", "LocalExecutor", "ProcessExecutor"]
+__all__ = ["IDEMPOTENT_METADATA_KEY", "AgentEnvironment", "AgentJob", "AgentRun", "Coordination", "Executor",
+           "LocalExecutor", "ProcessExecutor", "run_agent"]

@@ -1,6 +1,6 @@
 """The coordination patterns: they decide *what* runs; executors decide *where*."""
 
-from .delegator import DELEGATE_SCHEMA, DelegatingExecutor, DelegationRecord, Delegator, DelegatorResult
+from .delegator import DELEGATE_SCHEMA, DelegateTool, DelegationRecord, Delegator, DelegatorResult
 from .map_reduce import MapReduce, MapReduceResult
 from .pipeline import Pipeline, PipelineResult
 from .supervisor import Supervisor, SupervisorResult
@@ -9,7 +9,7 @@ from .vote import Vote, VoteResult, normalize_vote, tally
 
 __all__ = [
     "DELEGATE_SCHEMA",
-    "DelegatingExecutor",
+    "DelegateTool",
     "DelegationRecord",
     "Delegator",
     "DelegatorResult",

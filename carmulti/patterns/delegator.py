@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping
 
 from .. import _strings as S
-from ..errors import AgentFailed, BudgetError, BudgetExhausted, ToolError
+from ..errors import ToolError
 from ..executors.base import AgentJob
-from ..mailbox import Mailbox
+from ..lifecycle import conclude, reserve, run_load_bearing, run_one
 from ..runner import check_runner
 from ..types import AgentSpec
 
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from ..infra import SharedInfra
     from ..runner import AgentRunner
 
-__all__ = ["DELEGATE_SCHEMA", "DelegationRecord", "Delegator", "DelegatorResult", "DelegatingExecutor"]
+__all__ = ["DELEGATE_SCHEMA", "DelegationRecord", "Delegator", "DelegateTool", "DelegatorResult"]
 
 #: JSON Schema of the ``delegate`` tool's parameters (offered to models).
 DELEGATE_SCHEMA: dict[str, Any] = {
@@ -63,8 +63,12 @@ class DelegatorResult:
         return {"task": self.task, "final_answer": self.final_answer, "delegations": [d.to_dict() for d in self.delegations]}
 
 
-class DelegatingExecutor:
-    """The ``ToolExecutor`` behind the ``delegate`` tool (runs in the coordinator)."""
+class DelegateTool:
+    """The :class:`~carmulti.ToolExecutor` behind the ``delegate`` tool: runs specialists (in the coordinator).
+
+    Each call is budget-gated; the specialist runs through the coordination's
+    executor again (so on a process executor it runs in a worker too).
+    """
 
     def __init__(self, specialists: Mapping[str, AgentSpec], runner: "AgentRunner", infra: "SharedInfra") -> None:
         self.specialists = dict(specialists)
@@ -97,20 +101,14 @@ class DelegatingExecutor:
             msg = S.UNKNOWN_SPECIALIST.format(name=name, available=", ".join(sorted(self.specialists)))
             await self._record(name, subtask, msg, False)
             return msg
-        infra = self.infra
-        try:
-            infra.begin_agent()
-        except BudgetError as err:
-            msg = S.SPECIALIST_FAILED.format(name=name, err=f"budget skipped: {err}")
-            await self._record(name, subtask, msg, False)
-            return msg
-        run = await infra.executor.run_agent(self.runner, AgentJob(spec, subtask, mailbox=Mailbox()), infra)
-        if run.output is not None:
-            infra.record_output(run.output)  # spent, even by a specialist that reported a failure
-        if run.output is not None and run.error is None:
-            await self._record(name, subtask, run.output.answer, True)
-            return run.output.answer
-        msg = S.SPECIALIST_FAILED.format(name=name, err=run.error)
+        out = reserve(self.infra, name)  # a budget-skipped output when refused
+        if out is None:
+            run = await run_one(self.infra, self.runner, AgentJob(spec, subtask))
+            out = conclude(self.infra, run, name, write_state=False)
+        if out.succeeded:
+            await self._record(name, subtask, out.answer, True)
+            return out.answer
+        msg = S.SPECIALIST_FAILED.format(name=name, err=out.error)
         await self._record(name, subtask, msg, False)
         return msg
 
@@ -139,19 +137,10 @@ class Delegator:
             BudgetExhausted: the budget denied the main agent.
         """
         check_runner(runner)
-        executor = DelegatingExecutor(self.specialists, runner, infra)
-        result = DelegatorResult(task, "", executor.delegations)
-        try:
-            infra.begin_agent()
-        except BudgetError as err:
-            raise BudgetExhausted(str(err)).with_partial(result) from err
+        tool = DelegateTool(self.specialists, runner, infra)
+        result = DelegatorResult(task, "", tool.delegations)
         job = AgentJob(self.main, task, tools={S.DELEGATE_TOOL: DELEGATE_SCHEMA}, validate_job_tools=False,
-                       tool_executor=executor, mailbox=Mailbox())
-        run = await infra.executor.run_agent(runner, job, infra)
-        if run.output is not None:
-            infra.record_output(run.output)
-        if run.output is None or run.error is not None:
-            raise AgentFailed(self.main.name, run.error or "internal: missing join result").with_partial(result)
-        result.final_answer = run.output.answer
+                       tool_executor=tool)
+        out = await run_load_bearing(infra, runner, job, partial=result)
+        result.final_answer = out.answer
         return result
-

@@ -28,9 +28,9 @@ from typing import TYPE_CHECKING, Any, AsyncIterable, AsyncIterator, Iterable, S
 
 from .. import _strings as S
 from ..executors.base import AgentJob
+from ..lifecycle import conclude, reserve, run_load_bearing, run_one
 from ..runner import check_runner
 from ..types import AgentOutput, AgentSpec
-from ._common import gate, run_load_bearing, settle
 
 if TYPE_CHECKING:
     from ..infra import SharedInfra
@@ -134,7 +134,7 @@ class MapReduce:
         queue: asyncio.Queue[tuple[int, AgentOutput] | None] = asyncio.Queue()
         drained: list[asyncio.Future[None] | None] = [None]
         loop = asyncio.get_running_loop()
-        mapper, isolated, executor = self.mapper, self.isolated, infra.executor
+        mapper, isolated = self.mapper, self.isolated
         error: list[BaseException] = []
         counter = [0]
         pump: asyncio.Task[None] | None = None
@@ -174,13 +174,12 @@ class MapReduce:
                     error.append(TypeError(f"MapReduce items[{i}] must be a str, got {type(item).__name__}"))
                     return
                 name = S.MAPPER_NAME.format(name=mapper.name, i=i)
-                skipped = gate(infra, name)
+                skipped = reserve(infra, name)
                 if skipped is not None:
                     out = skipped
                 else:
                     job = AgentJob(mapper.with_name(name), S.MAPPER_TASK.format(task=task, item=item), isolated=isolated)
-                    run = await executor.run_agent(runner, job, infra)
-                    out = settle(infra, run, name)
+                    out = conclude(infra, await run_one(infra, runner, job), name)
                 while queue.qsize() >= limit:
                     fut = drained[0]
                     if fut is None or fut.done():
@@ -260,7 +259,7 @@ class MapReduce:
             outs = await self._reduce_level(task, chunks, level, runner, infra, result)
             result.reduce_outputs.extend(outs)
             entries = [(o.name, o.answer) for o in outs]
-        out = await run_load_bearing(infra, runner, self.reducer, _reducer_task(task, entries), partial=result)
+        out = await run_load_bearing(infra, runner, AgentJob(self.reducer, _reducer_task(task, entries)), partial=result)
         result.reduced_answer = out.answer
         return result
 
@@ -272,7 +271,8 @@ class MapReduce:
         async def worker() -> None:
             for j in it:
                 spec = self.reducer.with_name(f"{self.reducer.name}_l{level}_{j}")
-                outs[j] = await run_load_bearing(infra, runner, spec, _reducer_task(task, chunks[j]), partial=partial)
+                outs[j] = await run_load_bearing(infra, runner, AgentJob(spec, _reducer_task(task, chunks[j])),
+                                                 partial=partial)
 
         await asyncio.gather(*[worker() for _ in range(min(self.max_concurrent, len(chunks)))])
         return outs  # type: ignore[return-value]

@@ -6,9 +6,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
 
 from .. import _strings as S
+from ..executors.base import AgentJob
+from ..lifecycle import run_load_bearing
 from ..runner import check_runner
 from ..types import AgentOutput, AgentSpec
-from ._common import run_load_bearing
 from .swarm import Swarm, SwarmMode
 
 if TYPE_CHECKING:
@@ -96,8 +97,9 @@ class Supervisor:
             result.rounds.append(sw.outputs)
             result.final_answer = sw.final_summary
             lines = "\n".join(S.FINDING_LINE.format(name=o.name, answer=o.answer) for o in sw.outputs if o.succeeded)
-            review = await run_load_bearing(infra, runner, self.supervisor,
-                                            S.SUPERVISOR_REVIEW.format(task=task, lines=lines), partial=result)
+            review = await run_load_bearing(infra, runner,
+                                            AgentJob(self.supervisor, S.SUPERVISOR_REVIEW.format(task=task, lines=lines)),
+                                            partial=result)
             result.supervisor_feedback.append(review.answer)
             if S.APPROVAL_TOKEN in review.answer:
                 result.approved = True

@@ -15,11 +15,10 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from .. import _strings as S
 from ..executors.base import AgentJob, AgentRun
-from ..mailbox import Mailbox
+from ..lifecycle import conclude, reserve, run_finalizer, run_many, run_one, shared_mailbox, workspace_failed_output
 from ..runner import check_runner
 from ..types import AgentOutput, AgentSpec, truncate
 from ..workspace import AgentWorkspace, WorkspaceConfig, WorkspaceError, WorkspaceMode
-from ._common import gate, run_finalizer, settle, workspace_failed_output
 
 if TYPE_CHECKING:
     from ..infra import SharedInfra
@@ -119,7 +118,7 @@ class Swarm:
 
     # -- parallel ----------------------------------------------------------------
     async def _run_parallel(self, task: str, runner: "AgentRunner", infra: "SharedInfra") -> SwarmResult:
-        mailbox = Mailbox()
+        mailbox = shared_mailbox()
         slots: list[AgentOutput | int] = []
         jobs: list[AgentJob] = []
         spaces: list[AgentWorkspace | None] = []
@@ -132,7 +131,7 @@ class Swarm:
                 except WorkspaceError as err:
                     slots.append(workspace_failed_output(spec.name, err))
                     continue
-            skipped = gate(infra, spec.name)
+            skipped = reserve(infra, spec.name)
             if skipped is not None:
                 if ws is not None:
                     await _release(ws)
@@ -143,7 +142,7 @@ class Swarm:
             spaces.append(ws)
 
         if self.workspaces is None:
-            runs = await infra.executor.run_batch(runner, jobs, infra)
+            runs = await run_many(infra, runner, jobs)
         else:
             runs = list(await asyncio.gather(*[_run_in_workspace(runner, j, ws, infra) for j, ws in zip(jobs, spaces)]))
 
@@ -152,16 +151,16 @@ class Swarm:
             if isinstance(slot, AgentOutput):
                 outputs.append(slot)
             else:
-                outputs.append(settle(infra, runs[slot], spec.name))
+                outputs.append(conclude(infra, runs[slot], spec.name))
         summary = await self.synthesize(task, outputs, runner, infra)
         return SwarmResult(task, outputs, summary)
 
     # -- sequential --------------------------------------------------------------
     async def _run_sequential(self, task: str, runner: "AgentRunner", infra: "SharedInfra") -> SwarmResult:
-        mailbox = Mailbox()
+        mailbox = shared_mailbox()
         outputs: list[AgentOutput] = []
         for spec in self.agents:
-            skipped = gate(infra, spec.name)
+            skipped = reserve(infra, spec.name)
             if skipped is not None:
                 outputs.append(skipped)
                 continue
@@ -172,10 +171,10 @@ class Swarm:
                                   for o in outputs if o.succeeded)
                 enriched = S.PRIOR_FINDINGS.format(task=task, lines=lines)
             t0 = time.perf_counter()
-            run = await infra.executor.run_agent(runner, AgentJob(spec, enriched, mailbox=mailbox), infra)
+            run = await run_one(infra, runner, AgentJob(spec, enriched, mailbox=mailbox))
             if run.error is not None and run.duration_ms <= 0.0:
                 run.duration_ms = (time.perf_counter() - t0) * 1000.0
-            outputs.append(settle(infra, run, spec.name, keep_duration=True))
+            outputs.append(conclude(infra, run, spec.name, keep_duration=True))
         summary = await self.synthesize(task, outputs, runner, infra)
         return SwarmResult(task, outputs, summary)
 
@@ -227,7 +226,7 @@ class Swarm:
 async def _run_in_workspace(runner: "AgentRunner", job: AgentJob, ws: AgentWorkspace | None,
                             infra: "SharedInfra") -> AgentRun:
     try:
-        return await infra.executor.run_agent(runner, job, infra)
+        return await run_one(infra, runner, job)
     finally:
         if ws is not None:
             await _release(ws)

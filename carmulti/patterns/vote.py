@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
 from .. import _strings as S
+from ..lifecycle import run_finalizer
 from ..runner import check_runner
 from ..types import AgentOutput, AgentSpec
-from ._common import run_finalizer
 from .swarm import Swarm, SwarmMode
 
 if TYPE_CHECKING:

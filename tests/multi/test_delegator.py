@@ -17,12 +17,12 @@ from carmulti import (
     AgentSpec,
     BudgetExhausted,
     BudgetLimits,
-    DelegatingExecutor,
     DelegationRecord,
     Delegator,
     DelegatorResult,
     SharedInfra,
 )
+from carmulti.patterns import DelegateTool
 
 from .doubles import SimpleRunner
 
@@ -127,11 +127,11 @@ async def test_delegate_parameter_errors_through_runtime(make_infra, params, exp
     assert result.delegations == []
 
 
-class TestDelegatingExecutorDirect:
+class TestDelegateToolDirect:
     """The executor's five strings, called directly (no runtime validation in between)."""
 
     async def test_five_strings(self, infra):
-        ex = DelegatingExecutor(SPECIALISTS, DelegatingRunner(), infra)
+        ex = DelegateTool(SPECIALISTS, DelegatingRunner(), infra)
         from carmulti import ToolError
 
         with pytest.raises(ToolError, match=r"^unknown tool: search$"):

@@ -19,6 +19,56 @@ API_NAMES = {
 }
 
 
+#: The whole curated surface of the root, written out (httpx style): what users write -- patterns,
+#: types, SharedInfra, executors, budgets, errors, runtime actions, mailboxes. Executor authors'
+#: names (AgentJob, AgentRun, Coordination, Executor, run_agent) live in carmulti.executors.
+ROOT_NAMES = [
+    "Action", "ActionProposal", "ActionResult", "ActionStatus", "ActionType", "AdvisorExhausted", "AgentContext",
+    "AgentFailed", "AgentId", "AgentMessage", "AgentOutput", "AgentPool", "AgentRunner", "AgentSpec",
+    "AgentWorkspace", "BudgetError", "BudgetExhausted", "BudgetLimits", "BudgetSnapshot", "CarError",
+    "CoordinationBudget", "DELEGATE_SCHEMA", "DelegationRecord", "Delegator", "DelegatorResult", "FailureBehavior",
+    "IDEMPOTENT_METADATA_KEY", "Inbox", "LocalExecutor", "LogCorruptedError", "Mailbox", "MailboxFull",
+    "MailboxSend", "MailboxTimeout", "MapReduce", "MapReduceResult", "MaxRoundsExceeded", "MergeConflictError",
+    "Message", "MessageRouter", "MultiError", "NoOutput", "Pipeline", "PipelineResult", "PolicyEngine",
+    "PolicyViolation", "PoolAtCapacity", "PooledMailbox", "Precondition", "ProcessExecutor", "ProposalResult",
+    "Runtime", "SharedInfra", "Supervisor", "SupervisorResult", "Swarm", "SwarmMode", "SwarmResult", "TaskScope",
+    "TokenAccounting", "ToolError", "ToolExecutor", "UnknownSpecialist", "Vote", "VoteResult",
+    "WORKSPACE_METADATA_KEY", "WireProtocolError", "WorkerPoolGaveUp", "WorkspaceConfig", "WorkspaceError",
+    "WorkspaceMode", "budget_skipped_output", "is_budget_skipped", "normalize_vote", "run", "truncate",
+]
+
+
+EXECUTOR_NAMES = ["IDEMPOTENT_METADATA_KEY", "AgentEnvironment", "AgentJob", "AgentRun", "Coordination", "Executor",
+                  "LocalExecutor", "ProcessExecutor", "run_agent"]
+
+
+def test_root_exports_exactly_the_written_list():
+    assert carmulti.__all__ == ROOT_NAMES
+
+
+def test_executor_interface_lives_in_carmulti_executors():
+    import carmulti.executors
+
+    assert carmulti.executors.__all__ == EXECUTOR_NAMES
+    for name in ("AgentJob", "AgentRun", "Coordination", "Executor", "run_agent"):
+        assert name not in carmulti.__all__
+
+
+def test_moved_names_still_import_with_a_deprecation_warning():
+    import warnings
+
+    import carmulti.executors
+    import carmulti.patterns
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert carmulti.SupervisorGaveUp is carmulti.WorkerPoolGaveUp
+        assert carmulti.AgentJob is carmulti.executors.AgentJob
+        assert carmulti.DelegatingExecutor is carmulti.patterns.DelegateTool
+    assert [w.category for w in caught] == [DeprecationWarning] * 3
+    assert "use carmulti.errors.WorkerPoolGaveUp" in str(caught[0].message)
+
+
 def test_all_is_sorted_and_unique():
     names = list(carmulti.__all__)
     assert names == sorted(names)

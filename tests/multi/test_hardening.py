@@ -374,7 +374,8 @@ class ImpatientReceiver:
 async def test_cancelling_a_recv_never_loses_a_message(make_infra):
     """On the process executor the coordinator may already have handed a message to a recv
     that the agent then cancels: the worker keeps it for the next recv."""
-    from carmulti import AgentJob, Mailbox, Message
+    from carmulti import Mailbox, Message
+    from carmulti.executors import AgentJob
 
     infra = make_infra()
     mb = Mailbox(buffer_size=16)

@@ -138,10 +138,10 @@ async def test_a_worker_batch_with_non_finite_event_data_is_rejected_whole_not_a
     ex = ProcessExecutor(workers=1)  # never started: only its frame handling is exercised
     infra = SharedInfra(executor=ex)
     try:
-        cid = ex._infra_entry(infra).cid  # what a job's frame names its infra by
+        cid = ex._shipped.coordination_entry(infra).cid  # what a job's frame names its infra by
         worker = types.SimpleNamespace(pid=4242, inflight={})
         batch = [{"kind": "fine", "data": 1}, {"kind": "score", "data": float("nan")}]
-        ex._on_batch(worker, {"ev": [[cid, batch]]})
+        ex._on_batch(worker, {"events": [[cid, batch]]})
         assert len(infra.log) == 0
         assert ex.rejected_frames == 1
         assert "events from worker 4242 rejected: event data for kind 'score'" in caplog.text

@@ -13,7 +13,6 @@ import pytest
 from carmulti import (
     Action,
     ActionProposal,
-    AgentJob,
     AgentOutput,
     AgentPool,
     AgentSpec,
@@ -32,6 +31,7 @@ from carmulti import (
     TokenAccounting,
     Vote,
 )
+from carmulti.executors import AgentJob
 
 
 class ParityRunner:

@@ -15,17 +15,16 @@ import pytest
 import zmq
 
 from carmulti import (
-    AgentJob,
     AgentOutput,
     AgentSpec,
     ProcessExecutor,
     SharedInfra,
-    SupervisorGaveUp,
     Swarm,
     SwarmMode,
+    WorkerPoolGaveUp,
 )
-from carmulti.executors import _wire as W
-
+from carmulti.executors import AgentJob
+from carmulti.executors.process import wire as W
 
 #: How long the misbehaving runners below hang. Elapsed-time checks in this file only assert
 #: "well under HANG_S" -- proof that the timeout / kill fired instead of waiting the hang out --
@@ -138,14 +137,14 @@ async def test_crash_loop_stops_at_the_restart_intensity_limit():
     async with SharedInfra(executor=ex) as infra:
         agents = [AgentSpec(f"c{i}", metadata={"do": "exit"}) for i in range(6)]
         t0 = time.monotonic()
-        with pytest.raises(SupervisorGaveUp) as ei:
+        with pytest.raises(WorkerPoolGaveUp) as ei:
             await Swarm(agents, SwarmMode.SEQUENTIAL).run("t", FaultRunner(), infra)
         assert time.monotonic() - t0 < 30
         err = ei.value
         assert ex.restarts == 2
         assert len(err.causes) == 3 and all("exited with code 1" in c for c in err.causes)
         assert "supervisor gave up: more than 2 worker restarts within 30.0s" in str(err)
-        with pytest.raises(SupervisorGaveUp):
+        with pytest.raises(WorkerPoolGaveUp):
             await ex.run_agent(FaultRunner(), AgentJob(AgentSpec("late"), "t"), infra)
 
 

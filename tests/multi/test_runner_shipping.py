@@ -19,7 +19,7 @@ import pytest
 
 import carcore
 import carmulti
-from carmulti.executors._pickle import dumps
+from carmulti.executors.process.shipping import dumps
 
 REPO = Path(__file__).resolve().parents[2]
 

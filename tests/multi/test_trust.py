@@ -22,7 +22,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from carmulti import (
-    AgentJob,
     AgentOutput,
     AgentSpec,
     LocalExecutor,
@@ -32,6 +31,7 @@ from carmulti import (
     Swarm,
     TokenAccounting,
 )
+from carmulti.executors import AgentJob
 
 #: Bound on every run below that used to hang: far above a healthy run, far below "forever".
 HANG_BOUND_S = 60
@@ -209,20 +209,20 @@ async def test_a_rejected_result_frame_fails_exactly_the_jobs_it_carried():
         jobs = [AgentJob(AgentSpec(f"a{i}", metadata={"sleep": 2 if i else 30}), "t") for i in range(3)]
         batch = asyncio.ensure_future(ex.run_batch(SlowRunner(), jobs, infra))
         for _ in range(500):
-            if len(ex._pending) == 3 and all(not p.unsent for p in ex._pending.values()):
+            if len(ex._jobs.pending) == 3 and all(not p.unsent for p in ex._jobs.pending.values()):
                 break
             await asyncio.sleep(0.01)
-        victim = min(ex._pending)  # a0: the 30 s sleeper
-        w = ex._slots[0]
-        bad = {"t": "batch", "res": [{"id": victim, "out": ["a0", 5], "err": None, "dur": 1.0}]}
+        victim = min(ex._jobs.pending)  # a0: the 30 s sleeper
+        w = ex._workers.slots[0]
+        bad = {"t": "batch", "results": [{"id": victim, "output": ["a0", 5], "error": None, "duration_ms": 1.0}]}
         import orjson
 
-        from carmulti.executors import _wire as W
+        from carmulti.executors.process import wire as W
 
         ex._on_frames(w, [W.VERSION, orjson.dumps(bad)])
         runs = await asyncio.wait_for(batch, HANG_BOUND_S)
     assert runs[0].error is not None and runs[0].error.startswith(
-        f"the coordinator rejected a result frame from worker {w.pid}: $.res[0].out")
+        f"the coordinator rejected a result frame from worker {w.pid}: $.results[0].output")
     assert runs[1].ok and runs[2].ok
     assert ex.rejected_frames == 1
 
@@ -311,7 +311,7 @@ class DropFirstResult(ProcessExecutor):
     dropped = 0
 
     def _on_batch(self, w: Any, body: dict[str, Any]) -> None:
-        if body.get("res") and not self.dropped:
+        if body.get("results") and not self.dropped:
             self.dropped += 1
             return
         super()._on_batch(w, body)
@@ -454,7 +454,7 @@ async def test_a_forged_hello_never_redirects_a_kill_to_another_process():
     SIGKILLed at aclose."""
     import zmq
 
-    from carmulti.executors import _wire as W
+    from carmulti.executors.process import wire as W
 
     victim = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     try:
@@ -494,7 +494,7 @@ async def test_a_flood_of_bad_frames_is_counted_but_logged_rate_limited(caplog):
     """F11: every bad frame logged a line."""
     import zmq
 
-    from carmulti.executors import _wire as W
+    from carmulti.executors.process import wire as W
 
     ex = ProcessExecutor(workers=1)
     async with SharedInfra(executor=ex):
@@ -524,7 +524,7 @@ async def test_sockets_refuse_messages_over_the_frame_limit():
 
     ex = ProcessExecutor(workers=1, max_frame_bytes=1 << 20)
     async with SharedInfra(executor=ex):
-        assert 1 << 20 < ex._sock.getsockopt(zmq.MAXMSGSIZE) <= (1 << 20) + (1 << 16)
+        assert 1 << 20 < ex._transport.sock.getsockopt(zmq.MAXMSGSIZE) <= (1 << 20) + (1 << 16)
 
 
 # -- F12: the contract text for a timed-out agent whose worker is killed ------------------------------------------------

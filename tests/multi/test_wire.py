@@ -9,9 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from carmulti import AgentOutput, MailboxFull, MailboxSend, MailboxTimeout, TokenAccounting, ToolError, WireProtocolError
-from carmulti.executors import _wire as W
+from carmulti.executors.process import payloads as P
+from carmulti.executors.process import wire as W
 
-JOB = {"id": 1, "r": 1, "i": 1, "spec": {"name": "a"}, "task": "t"}
+JOB = {"id": 1, "runner": 1, "infra": 1, "spec": {"name": "a"}, "task": "t"}
 
 
 def frames(body, *, version=W.VERSION, blob=None):
@@ -26,9 +27,10 @@ def test_valid_frames_decode():
     assert body["jobs"][0]["spec"]["name"] == "a" and blob is None
     body, blob = W.decode(frames({"t": "runner", "id": 3}, blob=b"dill"), W.TO_WORKER)
     assert blob == b"dill"
-    out = W.output_to_wire(AgentOutput("a", "x", 1, 0, 1.5, tokens=TokenAccounting(1, 2, 0.5), tools_used=["t"]))
-    W.decode(frames({"t": "batch", "res": [{"id": 1, "out": out, "err": None, "dur": 1.0,
-                                             "ops": [["s", "k", {"v": 1}, "w"], ["d", "k", "w"]]}]}), W.TO_COORDINATOR)
+    out = P.output_to_wire(AgentOutput("a", "x", 1, 0, 1.5, tokens=TokenAccounting(1, 2, 0.5), tools_used=["t"]))
+    W.decode(frames({"t": "batch", "results": [{"id": 1, "output": out, "error": None, "duration_ms": 1.0,
+                                                 "writes": [["s", "k", {"v": 1}, "w"], ["d", "k", "w"]]}]}),
+             W.TO_COORDINATOR)
 
 
 @pytest.mark.parametrize(
@@ -52,9 +54,10 @@ def test_valid_frames_decode():
         (frames({"t": "jobs", "jobs": [dict(JOB, spec={"name": "a", "tools": ["x", 3]})]}),
          "$.jobs[0].spec.tools[1]", "expected str, got int"),
         (frames({"t": "jobs", "jobs": [dict(JOB, task=None)]}), "$.jobs[0].task", "expected str, got null"),
-        (frames({"t": "jobs", "jobs": [dict(JOB, mb={"k": "zzz"})]}), "$.jobs[0].mb.k", "unknown mailbox kind"),
-        (frames({"t": "jobs", "jobs": [dict(JOB, to=True)]}), "$.jobs[0].to", "expected number, got bool"),
-        (frames({"t": "ret", "rets": [{"rid": 1}]}), "$.rets[0]", "a reply needs 'ok' or 'err'"),
+        (frames({"t": "jobs", "jobs": [dict(JOB, mailbox={"kind": "zzz"})]}), "$.jobs[0].mailbox.kind",
+         "unknown mailbox kind"),
+        (frames({"t": "jobs", "jobs": [dict(JOB, timeout_s=True)]}), "$.jobs[0].timeout_s", "expected number, got bool"),
+        (frames({"t": "ret", "replies": [{"rid": 1}]}), "$.replies[0]", "a reply needs 'ok' or 'err'"),
         (frames({"t": "cancel", "jobs": [1, "2"]}), "$.jobs[1]", "expected int, got str"),
     ],
 )
@@ -73,23 +76,25 @@ GOOD_OUT = ["a", "x", 1, 0, 1.0, None, None, []]
     ("body", "path", "text"),
     [
         ({"t": "hello", "pid": 1, "index": 0}, "$.gen", "missing required field"),
-        ({"t": "batch", "res": [{"id": 1, "out": None, "err": None, "dur": 1.0}]}, "$.res[0].err",
-         "a result needs 'out' or 'err'"),
-        ({"t": "batch", "res": [{"id": 1, "out": ["a", 5] + GOOD_OUT[2:], "err": None, "dur": 1.0}]},
-         "$.res[0].out[1] (answer)", "expected str, got int"),
-        ({"t": "batch", "res": [{"id": 1, "out": GOOD_OUT[:7], "err": None, "dur": 1.0}]}, "$.res[0].out",
-         "expected 8 fields"),
-        ({"t": "batch", "res": [{"id": 1, "out": GOOD_OUT[:6] + [[1, 2], []], "err": None, "dur": 1.0}]},
-         "$.res[0].out[6] (tokens)", "expected [input_tokens, output_tokens, cost_usd]"),
-        ({"t": "batch", "res": [{"id": 1, "out": GOOD_OUT, "err": None, "dur": "1"}]}, "$.res[0].dur",
-         "expected number, got str"),
-        ({"t": "batch", "res": [{"id": 1, "out": GOOD_OUT, "err": None, "dur": 1.0, "ops": [["x", "k"]]}]},
-         "$.res[0].ops[0]", "expected [\"s\", key, value, writer]"),
-        ({"t": "batch", "ev": [[1, [{"data": 1}]]]}, "$.ev[0][1][0].kind", "missing required field"),
-        ({"t": "batch", "req": [{"rid": 1, "op": "fly"}]}, "$.req[0].op", "unknown request op 'fly'"),
-        ({"t": "batch", "req": [{"rid": 1, "op": "tool", "job": 1, "tool": "x"}]}, "$.req[0].params",
+        ({"t": "batch", "results": [{"id": 1, "output": None, "error": None, "duration_ms": 1.0}]}, "$.results[0].error",
+         "a result needs 'output' or 'error'"),
+        ({"t": "batch", "results": [{"id": 1, "output": ["a", 5] + GOOD_OUT[2:], "error": None, "duration_ms": 1.0}]},
+         "$.results[0].output[1] (answer)", "expected str, got int"),
+        ({"t": "batch", "results": [{"id": 1, "output": GOOD_OUT[:7], "error": None, "duration_ms": 1.0}]},
+         "$.results[0].output", "expected 8 fields"),
+        ({"t": "batch", "results": [{"id": 1, "output": GOOD_OUT[:6] + [[1, 2], []], "error": None,
+                                     "duration_ms": 1.0}]},
+         "$.results[0].output[6] (tokens)", "expected [input_tokens, output_tokens, cost_usd]"),
+        ({"t": "batch", "results": [{"id": 1, "output": GOOD_OUT, "error": None, "duration_ms": "1"}]},
+         "$.results[0].duration_ms", "expected number, got str"),
+        ({"t": "batch", "results": [{"id": 1, "output": GOOD_OUT, "error": None, "duration_ms": 1.0,
+                                     "writes": [["x", "k"]]}]},
+         "$.results[0].writes[0]", "expected [\"s\", key, value, writer]"),
+        ({"t": "batch", "events": [[1, [{"data": 1}]]]}, "$.events[0][1][0].kind", "missing required field"),
+        ({"t": "batch", "requests": [{"rid": 1, "op": "fly"}]}, "$.requests[0].op", "unknown request op 'fly'"),
+        ({"t": "batch", "requests": [{"rid": 1, "op": "tool", "job": 1, "tool": "x"}]}, "$.requests[0].params",
          "missing required field"),
-        ({"t": "rpc", "rid": 1, "op": "get", "i": 1}, "$.k", "missing required field"),
+        ({"t": "rpc", "rid": 1, "op": "get", "infra": 1}, "$.key", "missing required field"),
     ],
 )
 def test_rejections_to_coordinator_name_the_path(body, path, text):
@@ -105,22 +110,22 @@ def test_oversize_body_is_rejected():
 
 def test_errors_round_trip():
     for exc in (MailboxSend("no agent 'x'"), MailboxFull("x", 3, 0.5), MailboxTimeout("x"), ToolError("bad")):
-        back = W.decode_error(W.encode_error(exc))
+        back = P.decode_error(P.encode_error(exc))
         assert type(back) is type(exc) and str(back) == str(exc)
-    assert str(W.decode_error(W.encode_error(ValueError("v")))) == "v"
-    assert str(W.decode_error({"type": "ZeroDivisionError", "msg": "division by zero"})) == \
+    assert str(P.decode_error(P.encode_error(ValueError("v")))) == "v"
+    assert str(P.decode_error({"type": "ZeroDivisionError", "msg": "division by zero"})) == \
         "ZeroDivisionError: division by zero"
 
 
 def test_find_unserializable_names_the_path():
-    assert W.find_unserializable({"a": [1, {"b": object()}]})[0] == "$.a[1].b"
-    assert W.find_unserializable({"a": 1}) is None
+    assert P.find_unserializable({"a": [1, {"b": object()}]})[0] == "$.a[1].b"
+    assert P.find_unserializable({"a": 1}) is None
 
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False) | st.text(max_size=5),
-    lambda c: st.lists(c, max_size=4) | st.dictionaries(st.sampled_from(["t", "id", "n", "jobs", "res", "rets",
-                                                                           "spec", "name", "task", "out", "x"]),
+    lambda c: st.lists(c, max_size=4) | st.dictionaries(st.sampled_from(["t", "id", "n", "jobs", "results", "replies",
+                                                                           "spec", "name", "task", "output", "x"]),
                                                          c, max_size=5),
     max_leaves=20,
 )

@@ -1,0 +1,325 @@
+"""Worker-side proxies of the process executor: what an agent running in a worker holds.
+
+Owns the objects a worker hands to the shared agent run in place of the
+coordinator's: :class:`StateView` (reads fall through to the coordinator's
+store by a synchronous RPC, writes stay local and travel back in order with the
+result), :class:`EventSink` (events buffered for the coordinator's log),
+:class:`RemoteTools` (tool calls run on the coordinator's ``job.tool_executor``),
+and the mailbox proxies :class:`RemoteMailbox`, :class:`RemoteInbox`,
+:class:`RemoteRouter` (the coordinator brokers every message, so bounded
+inboxes, backpressure and ``MailboxFull``/``MailboxSend`` behave as in-process).
+Each talks to its worker through the small :class:`WorkerLink` interface.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import time
+from typing import Any, Protocol
+
+import orjson
+
+from ...types import Message
+from .payloads import FRAME_OVERHEAD, decode_value, encode_value, too_big
+
+__all__ = ["EventSink", "RemoteInbox", "RemoteMailbox", "RemoteRouter", "RemoteTools", "StateView", "WorkerLink"]
+
+#: Same validation as carcore's StateStore/EventLog: datetimes and dataclasses are refused.
+_STRICT_JSON = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+
+
+class WorkerLink(Protocol):
+    """What a proxy needs of its worker (``worker.WorkerProcess``)."""
+
+    max_frame_bytes: int
+    out_events: dict[int, list[dict[str, Any]]]
+
+    def rpc(self, body: dict[str, Any]) -> Any:
+        """A synchronous request to the coordinator (blocks the worker's loop until answered)."""
+        ...
+
+    def rpc_call(self, job: int, oid: int, method: str, args: list[Any]) -> Any:
+        """A synchronous call of a coordinator-side mailbox method."""
+        ...
+
+    async def request(self, body: dict[str, Any], late_sink: Any = None) -> Any:
+        """An asynchronous request to the coordinator."""
+        ...
+
+    def schedule_flush(self) -> None:
+        """Send what is buffered at the end of this loop iteration."""
+        ...
+
+
+# -- the agent's state view ------------------------------------------------------------------------------------
+
+class StateView:
+    """Reads fall through to the coordinator (synchronous RPC); writes stay local, recorded in order."""
+
+    __slots__ = ("_w", "_i", "_sets", "_dels", "ops")
+
+    def __init__(self, w: "WorkerLink", infra_id: int) -> None:
+        self._w = w
+        self._i = infra_id
+        self._sets: dict[str, bytes] = {}
+        self._dels: set[str] = set()
+        self.ops: list[list[Any]] = []
+
+    def get(self, key: str, default: Any = None) -> Any:
+        b = self._sets.get(key)
+        if b is not None:
+            return orjson.loads(b)
+        if key in self._dels:
+            return default
+        r = self._w.rpc({"op": "get", "infra": self._i, "key": key})
+        return r[1] if r and r[0] else default
+
+    def exists(self, key: str) -> bool:
+        if key in self._sets:
+            return True
+        if key in self._dels:
+            return False
+        return bool(self._w.rpc({"op": "exists", "infra": self._i, "key": key}))
+
+    __contains__ = exists
+
+    def keys(self) -> list[str]:
+        remote = self._w.rpc({"op": "keys", "infra": self._i})
+        out = [k for k in remote if k not in self._dels and k not in self._sets]
+        out.extend(self._sets)
+        return out
+
+    def __len__(self) -> int:
+        return len(self.keys())
+
+    def __iter__(self) -> Any:
+        return iter(self.keys())
+
+    def snapshot(self) -> dict[str, Any]:
+        return {k: self.get(k) for k in self.keys()}
+
+    def set(self, key: str, value: Any, writer: str | None = "") -> None:
+        """Record a local write; the value is validated as ``carcore.StateStore.set`` does.
+
+        Raises:
+            TypeError: ``key`` is not a str or ``value`` is not JSON-serializable
+                (non-finite float, integer outside 64 bits, datetime, dataclass, ...).
+        """
+        if not isinstance(key, str):
+            raise TypeError(f"state key must be a str, got {type(key).__name__}")
+        t = type(value)
+        if t is float and not math.isfinite(value):
+            raise TypeError(f"state value for key {key!r} is not JSON-serializable: "
+                            f"non-finite float {value!r} has no JSON representation")
+        if t is int and not -(2**63) <= value < 2**64:
+            raise TypeError(f"state value for key {key!r} is not JSON-serializable: "
+                            f"integer {value} exceeds the 64-bit range")
+        try:
+            b = orjson.dumps(value, option=_STRICT_JSON)
+        except TypeError as exc:
+            raise TypeError(f"state value for key {key!r} is not JSON-serializable: {exc}") from None
+        self._sets[key] = b
+        self._dels.discard(key)
+        self.ops.append(["s", key, orjson.Fragment(b), writer or ""])
+
+    def delete(self, key: str, writer: str | None = "") -> None:
+        self._sets.pop(key, None)
+        self._dels.add(key)
+        self.ops.append(["d", key, writer or ""])
+
+    def changes(self) -> tuple[dict[str, Any], list[str]]:
+        """This agent's pending ``(sets, deletes)`` (copies), like ``carcore.Overlay.changes``."""
+        return {k: orjson.loads(b) for k, b in self._sets.items()}, list(self._dels)
+
+    def discard(self) -> None:
+        """Drop this agent's pending writes and deletes (nothing is shipped back for them)."""
+        self._sets.clear()
+        self._dels.clear()
+        self.ops.clear()
+
+    def is_local(self, key: str) -> bool:
+        """Whether this agent has an unsent write or delete of ``key``."""
+        return key in self._sets or key in self._dels
+
+    def revert(self, key: str, writer: str | None = "") -> None:
+        """Forget this agent's write/delete of ``key``: nothing about it is shipped back.
+
+        Used by ``Runtime`` to roll back a key the aborted proposal created; no
+        recorded op for ``key`` predates it (the runtime reverts only keys that
+        had no local change before its write).
+        """
+        if key in self._sets or key in self._dels:
+            self._sets.pop(key, None)
+            self._dels.discard(key)
+            self.ops = [op for op in self.ops if op[1] != key]
+
+
+class EventSink:
+    """``Runtime.log`` in a worker: buffers records for the coordinator's ``EventLog.append_batch``."""
+
+    __slots__ = ("_w", "_i")
+
+    def __init__(self, w: "WorkerLink", infra_id: int) -> None:
+        self._w = w
+        self._i = infra_id
+
+    def append(self, kind: str, data: Any = None, *, agent: str | None = None, action_id: str | None = None,
+               proposal_id: str | None = None) -> None:
+        """Buffer one event for the coordinator's log.
+
+        Raises:
+            TypeError: ``data`` is not JSON-serializable, a NaN or infinite float
+                included (as ``EventLog.append``); nothing is buffered.
+            ValueError: ``data`` cannot travel in one frame (``max_frame_bytes``).
+        """
+        rec: dict[str, Any] = {"kind": kind, "ts_ns": time.time_ns()}
+        if data is not None:
+            if type(data) is float and not math.isfinite(data):
+                raise TypeError(f"event data for kind {kind!r} is not JSON-serializable: non-finite float {data!r} "
+                                f"has no JSON representation (log None or a string such as {str(data)!r} instead)")
+            try:
+                size = len(orjson.dumps(data, option=_STRICT_JSON))
+            except TypeError as exc:
+                raise TypeError(f"event data for kind {kind!r} is not JSON-serializable: {exc}") from None
+            limit = self._w.max_frame_bytes
+            if size > limit - 4 * FRAME_OVERHEAD:
+                raise ValueError(too_big(f"event data for kind {kind!r}", size, limit))
+            rec["data"] = data
+        if agent is not None:
+            rec["agent"] = agent
+        if action_id is not None:
+            rec["action_id"] = action_id
+        if proposal_id is not None:
+            rec["proposal_id"] = proposal_id
+        w = self._w
+        buf = w.out_events.get(self._i)
+        if buf is None:
+            buf = w.out_events[self._i] = []
+        buf.append(rec)
+        w.schedule_flush()
+
+
+# -- proxies for coordinator-side objects ----------------------------------------------------
+
+class RemoteTools:
+    """The runtime's tool executor: each call runs on the coordinator's ``job.tool_executor``."""
+
+    __slots__ = ("_w", "_job")
+
+    def __init__(self, w: "WorkerLink", job: int) -> None:
+        self._w = w
+        self._job = job
+
+    async def execute(self, tool: str, params: dict[str, Any]) -> Any:
+        return await self._w.request({"op": "tool", "job": self._job, "tool": tool, "params": params})
+
+
+class RemoteInbox:
+    """An inbox that lives in the coordinator (same API as :class:`~carmulti.Inbox`)."""
+
+    __slots__ = ("_w", "_job", "_o", "name", "capacity", "_late")
+
+    def __init__(self, w: "WorkerLink", job: int, oid: int, name: str, capacity: int) -> None:
+        self._w = w
+        self._job = job
+        self._o = oid
+        self.name = name
+        self.capacity = capacity
+        self._late: collections.deque[Any] = collections.deque()  # replies to cancelled recvs
+
+    async def recv(self, timeout_s: float | None = None) -> Any:
+        """Wait for the next message (``MailboxTimeout`` after ``timeout_s``).
+
+        A message the coordinator already handed out for a ``recv`` that was then
+        cancelled here (``asyncio.wait_for``, a timeout) is kept and returned by
+        the next ``recv``/``try_recv``: cancelling a receive never loses a message.
+        """
+        if self._late:
+            return self._late.popleft()
+        v = decode_value(await self._w.request({"op": "call", "job": self._job, "object": self._o, "method": "recv",
+                                             "args": [], "kwargs": {"timeout_s": timeout_s}}, late_sink=self))
+        if self._late:  # replies to earlier, cancelled recvs arrived first: they are older
+            self._late.append(v)
+            return self._late.popleft()
+        return v
+
+    def try_recv(self) -> Any | None:
+        if self._late:
+            return self._late.popleft()
+        return decode_value(self._w.rpc_call(self._job, self._o, "try_recv", []))
+
+    def qsize(self) -> int:
+        return self._w.rpc_call(self._job, self._o, "qsize", [])
+
+    def __aiter__(self) -> "RemoteInbox":
+        return self
+
+    async def __anext__(self) -> Any:
+        return await self.recv()
+
+
+def _inbox_from(w: "WorkerLink", job: int, v: Any) -> RemoteInbox:
+    return RemoteInbox(w, job, v["$inbox"], v["name"], v["cap"])
+
+
+class RemoteMailbox:
+    """A :class:`~carmulti.Mailbox` that lives in the coordinator, which brokers messages by name.
+
+    Same API and semantics (bounded inboxes, backpressure, ``MailboxFull``,
+    ``MailboxSend`` for unknown agents); agents in any worker sharing the
+    coordinator's mailbox reach each other.
+    """
+
+    __slots__ = ("_w", "_job", "_o", "buffer_size", "inbox")
+
+    def __init__(self, w: "WorkerLink", job: int, oid: int, buffer_size: int) -> None:
+        self._w = w
+        self._job = job
+        self._o = oid
+        self.buffer_size = buffer_size
+        self.inbox: RemoteInbox | None = None
+
+    def register(self, name: str) -> RemoteInbox:
+        return _inbox_from(self._w, self._job, self._w.rpc_call(self._job, self._o, "register", [name]))
+
+    def unregister(self, name: str) -> None:
+        self._w.rpc_call(self._job, self._o, "unregister", [name])
+
+    def names(self) -> list[str]:
+        return self._w.rpc_call(self._job, self._o, "names", [])
+
+    def __contains__(self, name: object) -> bool:
+        return bool(self._w.rpc_call(self._job, self._o, "contains", [name]))
+
+    async def send(self, msg: Message, *, timeout_s: float | None = None) -> None:
+        await self._w.request({"op": "call", "job": self._job, "object": self._o, "method": "send", "args": [encode_value(msg)],
+                               "kwargs": {"timeout_s": timeout_s}})
+
+    async def broadcast(self, msg: Message, *, timeout_s: float | None = None) -> int:
+        return await self._w.request({"op": "call", "job": self._job, "object": self._o, "method": "broadcast",
+                                      "args": [encode_value(msg)], "kwargs": {"timeout_s": timeout_s}})
+
+
+class RemoteRouter:
+    """The coordinator's :class:`~carmulti.MessageRouter` seen from a worker."""
+
+    __slots__ = ("_w", "_job", "_o")
+
+    def __init__(self, w: "WorkerLink", job: int, oid: int) -> None:
+        self._w = w
+        self._job = job
+        self._o = oid
+
+    def register(self, agent_id: int) -> RemoteInbox:
+        return _inbox_from(self._w, self._job, self._w.rpc_call(self._job, self._o, "register", [agent_id]))
+
+    def unregister(self, agent_id: int) -> None:
+        self._w.rpc_call(self._job, self._o, "unregister", [agent_id])
+
+    def agent_count(self) -> int:
+        return self._w.rpc_call(self._job, self._o, "agent_count", [])
+
+    async def send(self, msg: Any, *, timeout_s: float | None = None) -> None:
+        await self._w.request({"op": "call", "job": self._job, "object": self._o, "method": "send", "args": [encode_value(msg)],
+                               "kwargs": {"timeout_s": timeout_s}})

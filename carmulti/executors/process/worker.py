@@ -1,0 +1,601 @@
+"""A worker process of the :class:`~carmulti.ProcessExecutor` (the process target is :func:`main`).
+
+Owns the worker's side of the trip: one uvloop loop running many agents at
+once, each through the shared agent run (:func:`carmulti.executors.agent_run.run_agent`)
+with the worker-side proxies of :mod:`.proxies` as its environment; the sockets
+to the coordinator; the buffering and byte-sized batching of results, events
+and requests; the heartbeat thread.
+
+Sockets (three DEALERs connected to the coordinator's ROUTER):
+
+* the main socket (identity ``w{index}.{gen}``), driven by ``loop.add_reader``:
+  job frames in, result/event/request batches out (flushed once per loop
+  iteration), tool and mailbox replies in;
+* the RPC socket (``.../r``), used *synchronously* for state reads (``Runtime``
+  reads state synchronously) and the synchronous mailbox methods;
+* the heartbeat socket (``.../h``), written by a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import gc
+import logging
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+import orjson
+import zmq
+
+from ...errors import ToolError, WireProtocolError
+from ...isolation import AgentContext
+from ...mailbox import Mailbox
+from ...types import AgentSpec
+from ..agent_run import AgentEnvironment, exception_text, run_agent
+from ..base import AgentJob, AgentRun
+from . import wire
+from .payloads import (FRAME_OVERHEAD, OUTPUT_FIELDS, decode_error, decode_value, encode_value, escape_strings,
+                       find_unserializable, is_message, output_to_wire, pack_frames, too_big)
+from .proxies import EventSink, RemoteInbox, RemoteMailbox, RemoteRouter, RemoteTools, StateView
+
+__all__ = ["main"]
+
+log = logging.getLogger("carmulti.executors.worker")
+
+
+def main(cfg: dict[str, Any]) -> None:
+    """Process entry point: run the worker until the coordinator says ``stop`` or dies."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the coordinator, which stops us
+    import uvloop
+
+    uvloop.run(WorkerProcess(cfg).main())
+
+
+def _heartbeat(ctx: Any, ident: bytes, endpoint: str, interval_s: float, stop: threading.Event) -> None:
+    """Thread: tell the coordinator every ``interval_s`` that this process is alive.
+
+    A thread, not a loop callback: a runner busy in Python code (or in C code
+    that releases the GIL) keeps its worker alive, while a stopped process
+    (SIGSTOP) or one wedged in C code holding the GIL goes silent and is
+    replaced by the coordinator after ``heartbeat_timeout_s``.
+    """
+    sock = ctx.socket(zmq.DEALER)
+    try:
+        sock.setsockopt(zmq.IDENTITY, ident)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, 4)
+        sock.connect(endpoint)
+        frame = wire.encode({"t": "hb"})
+        while True:
+            try:
+                sock.send_multipart(frame, zmq.NOBLOCK)
+            except zmq.Again:  # the coordinator is behind: it still has beats to read
+                pass
+            if stop.wait(interval_s):
+                return
+    finally:
+        sock.close(linger=0)
+
+
+class WorkerCoordination:
+    """One coordination's budget (attached shared memory), policies and event sink, in this worker."""
+
+    __slots__ = ("budget", "policies", "sink", "error", "jobs", "forgotten")
+
+    def __init__(self, budget: Any, policies: Any, sink: EventSink, error: str | None = None) -> None:
+        self.budget = budget
+        self.policies = policies
+        self.sink = sink
+        self.error = error
+        self.jobs = 0  # running jobs of this coordination
+        self.forgotten = False  # the coordinator is done with it: release when its last job ends
+
+    def release(self) -> None:
+        """Unmap the budget's shared memory."""
+        if self.budget is not None:
+            try:
+                self.budget.close()
+            except Exception:  # noqa: BLE001 - best effort: a mapping, not data
+                pass
+            self.budget = None
+
+
+class WorkerJob:
+    """One agent running in this worker."""
+
+    __slots__ = ("id", "spec", "view", "task", "finished", "stuck", "coordination", "coordination_id", "t0")
+
+    def __init__(self, jid: int, spec: AgentSpec, view: StateView, coordination: WorkerCoordination,
+                 coordination_id: int) -> None:
+        self.id = jid
+        self.spec = spec
+        self.view = view
+        self.task: asyncio.Task[Any] | None = None
+        self.finished = False
+        self.stuck = False  # ignored its timeout's cancellation: ask to be killed after the result
+        self.coordination = coordination
+        self.coordination_id = coordination_id
+        self.t0 = time.perf_counter()
+
+
+class WorkerProcess:
+    """The worker's loop: receives jobs, runs them, batches what goes back."""
+
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        self.cfg = cfg
+        self.index: int = cfg["index"]
+        self.gen: int = cfg["gen"]
+        self.max_frame_bytes: int = cfg["max_frame_bytes"]
+        self.batch_size: int = cfg["batch_size"]
+        self.grace: float = cfg["cancel_grace_s"]
+        self.rpc_timeout: float = cfg["rpc_timeout_s"]
+        self.runners: dict[int, Any] = {}
+        self.runner_errors: dict[int, str] = {}
+        self.coordinations: dict[int, WorkerCoordination] = {}
+        self.jobs: dict[int, WorkerJob] = {}
+        self.pending: dict[int, asyncio.Future[Any]] = {}
+        self.late_sinks: dict[int, Any] = {}  # rid -> RemoteInbox of a cancelled recv
+        self.out_results: list[dict[str, Any]] = []
+        self.out_requests: list[dict[str, Any]] = []
+        self.out_events: dict[int, list[dict[str, Any]]] = {}
+        self.backlog: collections.deque[list[bytes]] = collections.deque()
+        self.flush_scheduled = False
+        self.rejected = 0
+        self.next_rid = 1
+        self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
+
+    # -- lifecycle --------------------------------------------------------------------------------------------------
+    async def main(self) -> None:
+        """Connect, say hello, serve until ``stop``; then cancel what runs and close everything."""
+        loop = self.loop = asyncio.get_running_loop()
+        ctx = zmq.Context()
+        ident = f"w{self.index}.{self.gen}".encode()
+        endpoint = self.cfg["endpoint"]
+        maxmsg = self.max_frame_bytes + wire.SOCKET_SLACK  # a bigger message disconnects its sender
+        sock = self.sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.IDENTITY, ident)
+        sock.setsockopt(zmq.SNDHWM, self.cfg["hwm"])
+        sock.setsockopt(zmq.RCVHWM, self.cfg["hwm"])
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, maxmsg)
+        sock.connect(endpoint)
+        rsock = self.rsock = ctx.socket(zmq.DEALER)
+        rsock.setsockopt(zmq.IDENTITY, ident + b"/r")
+        rsock.setsockopt(zmq.LINGER, 0)
+        rsock.setsockopt(zmq.MAXMSGSIZE, maxmsg)
+        rsock.connect(endpoint)
+        self.stopped: asyncio.Future[None] = loop.create_future()
+        beat_stop = threading.Event()
+        beat = threading.Thread(target=_heartbeat, args=(ctx, ident + b"/h", endpoint,
+                                                         float(self.cfg["heartbeat_interval_s"]), beat_stop),
+                                name="carmulti-heartbeat", daemon=True)
+        beat.start()
+        loop.add_reader(sock.FD, self._on_readable)
+        parent_fd = None
+        try:
+            from multiprocess import parent_process
+
+            pp = parent_process()
+            parent_fd = pp.sentinel if pp is not None else None
+        except Exception:  # noqa: BLE001 - best effort parent-death detection
+            parent_fd = None
+        if parent_fd is not None:
+            loop.add_reader(parent_fd, self._parent_died)
+        self._send(wire.encode({"t": "hello", "pid": os.getpid(), "index": self.index, "gen": self.gen}))
+        if self.cfg.get("gc_freeze", True):
+            gc.collect()
+            gc.freeze()  # start-up objects (modules, classes) are never scanned again
+        gc.set_threshold(*self.cfg.get("gc_threshold", (50_000, 20, 100)))
+        loop.call_soon(self._on_readable)
+        try:
+            await self.stopped
+        finally:
+            loop.remove_reader(sock.FD)
+            if parent_fd is not None:
+                loop.remove_reader(parent_fd)
+            tasks = [j.task for j in self.jobs.values() if j.task is not None and not j.task.done()]
+            for t in tasks:
+                t.cancel()
+            if tasks:
+                await asyncio.wait(tasks, timeout=0.2)
+            for wc in self.coordinations.values():
+                wc.release()
+            beat_stop.set()
+            beat.join(5.0)
+            sock.close(linger=0)
+            rsock.close(linger=0)
+            ctx.term()
+
+    def _parent_died(self) -> None:
+        log.warning("carmulti worker %d: coordinator died; exiting", os.getpid())
+        os._exit(3)
+
+    # -- receiving --------------------------------------------------------------------------------------------------
+    def _on_readable(self) -> None:
+        sock = self.sock
+        try:
+            while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+                try:
+                    body, blob = wire.decode(frames, wire.TO_WORKER, self.max_frame_bytes)
+                except WireProtocolError as exc:
+                    self._reject(frames, exc)
+                    continue
+                self._dispatch(body, blob)
+        except zmq.Again:
+            pass
+        except zmq.ZMQError as exc:  # socket closed during shutdown
+            if exc.errno != zmq.ENOTSOCK:
+                raise
+            return
+        if self.backlog:
+            self._drain_backlog()
+
+    def _reject(self, frames: list[bytes], exc: WireProtocolError) -> None:
+        self.rejected += 1
+        if self.rejected <= 3 or self.rejected % 1000 == 0:  # rate-limited: a flood logs a few lines
+            log.warning("carmulti worker %d rejected a frame (%d so far): %s", os.getpid(), self.rejected, exc)
+        nack: dict[str, Any] = {"t": "nack", "err": str(exc)}
+        if len(frames) >= 2:
+            jobs = [j for j in wire.salvage_ids(frames[1], "jobs", "id") if j not in self.jobs]
+            if jobs:
+                nack["jobs"] = jobs  # the coordinator fails exactly these
+        self._send(wire.encode(nack))
+
+    def _dispatch(self, body: dict[str, Any], blob: bytes | None) -> None:
+        t = body["t"]
+        if t == "jobs":
+            for j in body["jobs"]:
+                self._start_job(j)
+        elif t == "ret":
+            for r in body["replies"]:
+                self._on_reply(r)
+        elif t == "runner" or t == "infra":
+            import dill
+
+            cid = body["id"]
+            try:
+                obj = dill.loads(blob)  # type: ignore[arg-type]
+            except Exception as exc:  # noqa: BLE001
+                err = f"the {'runner' if t == 'runner' else 'infra'} could not be loaded in the worker: " \
+                      f"{exception_text(exc)}"
+                if t == "runner":
+                    self.runner_errors[cid] = err
+                else:
+                    self.coordinations[cid] = WorkerCoordination(None, None, EventSink(self, cid), err)
+                return
+            if t == "runner":
+                self.runners[cid] = obj
+            else:
+                budget, policies = obj
+                self.coordinations[cid] = WorkerCoordination(budget, policies, EventSink(self, cid))
+        elif t == "cancel":
+            for jid in body["jobs"]:
+                job = self.jobs.get(jid)
+                if job is not None and job.task is not None:
+                    job.task.cancel()
+        elif t == "ping":
+            pong: dict[str, Any] = {"t": "pong", "n": body["n"], "rejected": self.rejected}
+            asked = body.get("jobs")
+            if asked:
+                # jobs the coordinator still waits for that this worker neither runs nor has answered:
+                # lost on the way (a frame dropped). Results already finished go out first.
+                self._flush()
+                pong["unknown"] = [j for j in asked if j not in self.jobs]
+            self._send(wire.encode(pong))
+        elif t == "forget":
+            for rid in body.get("runners", ()):
+                self.runners.pop(rid, None)
+                self.runner_errors.pop(rid, None)
+            for cid in body.get("infras", ()):
+                self._forget_coordination(cid)
+        elif t == "stop":
+            if not self.stopped.done():
+                self.stopped.set_result(None)
+        # "rret" on the main socket is a late RPC reply: ignored
+
+    def _on_reply(self, r: dict[str, Any]) -> None:
+        fut = self.pending.pop(r["rid"], None)
+        if fut is None or fut.done():
+            sink = self.late_sinks.pop(r["rid"], None)
+            v = r.get("ok")
+            if sink is not None and is_message(v):
+                sink._late.append(decode_value(v))  # the recv was cancelled here: keep the message
+            return
+        if "ok" in r:
+            fut.set_result(r["ok"])
+        else:
+            fut.set_exception(decode_error(r["err"]))
+
+    # -- jobs -------------------------------------------------------------------------------------------------------
+    def _start_job(self, j: dict[str, Any]) -> None:
+        jid = j["id"]
+        wc = self.coordinations.get(j["infra"])
+        runner = self.runners.get(j["runner"])
+        try:
+            spec = AgentSpec.from_dict(j["spec"])
+        except (TypeError, ValueError) as exc:
+            self._result(jid, AgentRun(None, f"invalid agent spec: {exc}", 0.0), None)
+            return
+        if runner is None or wc is None or wc.error:
+            err = (self.runner_errors.get(j["runner"]) if runner is None else None) or (wc.error if wc else None) \
+                or "internal: the worker never received this job's runner/infra"
+            self._result(jid, AgentRun(None, err, 0.0), None)
+            return
+        view = StateView(self, j["infra"])
+        job = WorkerJob(jid, spec, view, wc, j["infra"])
+        wc.jobs += 1
+        self.jobs[jid] = job
+        mb = j.get("mailbox")
+        if mb is None:
+            mailbox: Any = Mailbox()
+        elif mb["kind"] == "mailbox":
+            mailbox = RemoteMailbox(self, jid, mb["object"], mb["buffer_size"])
+        else:
+            from ...pool import PooledMailbox  # moves to mailbox (issue 9)
+
+            mailbox = PooledMailbox(mb["agent_id"], RemoteInbox(self, jid, mb["inbox"], str(mb["agent_id"]),
+                                                                mb["capacity"]), RemoteRouter(self, jid, mb["router"]))
+        agent = AgentJob(spec, j["task"], isolated=j.get("isolated", False), tools=j.get("tools"),
+                         register_spec_tools=j.get("spec_tools", True),
+                         validate_job_tools=j.get("validate_tools", True))
+        env = AgentEnvironment(view, wc.sink, wc.policies, wc.budget, j.get("timeout_s"), self.grace,
+                               lambda name: _isolated(view, name), lambda task, name: self._abandoned(job))
+        tools = RemoteTools(self, jid) if j.get("tool_executor") else None
+        job.task = self.loop.create_task(self._run(job, runner, agent, env, mailbox, tools))
+
+    async def _run(self, job: WorkerJob, runner: Any, agent: AgentJob, env: AgentEnvironment, mailbox: Any,
+                   tools: Any) -> None:
+        try:
+            run = await run_agent(runner, agent, env, mailbox=mailbox, tool_executor=tools)
+        except asyncio.CancelledError:
+            self._end(job)  # the coordinator cancelled it, or we are stopping: no result is owed
+            raise
+        except BaseException as exc:  # noqa: BLE001 - KeyboardInterrupt raised by a runner: fail this agent only
+            run = AgentRun(None, f"join error: {type(exc).__name__}: {exc}", (time.perf_counter() - job.t0) * 1000.0)
+        self._end(job)
+        self._result(job.id, run, job.view.ops or None)
+        if job.stuck:  # the runner ignored its timeout's cancellation: report, then ask to be killed
+            self._flush()
+            self._send(wire.encode({"t": "stuck", "job": job.id}))
+
+    def _abandoned(self, job: WorkerJob) -> None:
+        job.stuck = True
+
+    def _end(self, job: WorkerJob) -> None:
+        if job.finished:
+            return
+        job.finished = True
+        self.jobs.pop(job.id, None)
+        wc = job.coordination
+        wc.jobs -= 1
+        if wc.forgotten and wc.jobs == 0 and self.coordinations.get(job.coordination_id) is wc:
+            self._forget_coordination(job.coordination_id)
+
+    def _forget_coordination(self, cid: int) -> None:
+        wc = self.coordinations.get(cid)
+        if wc is None:
+            return
+        if wc.jobs:
+            wc.forgotten = True  # released when its last running job ends
+            return
+        del self.coordinations[cid]
+        wc.release()
+
+    def _result(self, jid: int, run: AgentRun, writes: list[Any] | None) -> None:
+        out = run.output
+        if out is not None:  # a runner-reported failure travels inside the output (its error field)
+            r = wire.encode_result(jid, output_to_wire(out), None, run.duration_ms, writes)
+        else:
+            r = wire.encode_result(jid, None, run.error, run.duration_ms, writes)
+        self.out_results.append(r)
+        self.schedule_flush()
+
+    # -- requests to the coordinator --------------------------------------------------------------------------------
+    async def request(self, body: dict[str, Any], late_sink: Any = None) -> Any:
+        """An async request to the coordinator.
+
+        Args:
+            late_sink: A ``RemoteInbox`` that keeps the reply if it arrives after
+                this request was cancelled (a received message must not be lost):
+                whichever of the reply and the cancellation comes first, a message
+                the coordinator handed out ends up in the sink's buffer.
+        """
+        rid = self.next_rid
+        self.next_rid += 1
+        body["rid"] = rid
+        fut = self.loop.create_future()
+        self.pending[rid] = fut
+        if late_sink is not None:
+            self.late_sinks[rid] = late_sink  # until the coordinator's reply has been taken care of
+        self.out_requests.append(body)
+        self.schedule_flush()
+        try:
+            v = await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                # the reply won the race against our cancellation: keep a message it carries
+                sink = self.late_sinks.pop(rid, None)
+                v = fut.result()
+                if sink is not None and is_message(v):
+                    sink._late.append(decode_value(v))
+            elif self.pending.pop(rid, None) is not None:
+                # not answered yet: ask the coordinator to stop; its reply (it always sends
+                # one) is routed to late_sinks by _on_reply
+                self.out_requests.append({"rid": self.next_rid, "op": "cancel", "target": rid})
+                self.next_rid += 1
+                self.schedule_flush()
+            raise
+        if late_sink is not None:
+            self.late_sinks.pop(rid, None)
+        return v
+
+    def rpc(self, body: dict[str, Any]) -> Any:
+        """A synchronous request/reply on the RPC socket (blocks this worker's loop until answered).
+
+        Raises:
+            TimeoutError: no answer within ``rpc_timeout_s``.
+        """
+        rid = self.next_rid
+        self.next_rid += 1
+        body["t"] = "rpc"
+        body["rid"] = rid
+        rs = self.rsock
+        rs.send_multipart(wire.encode(body))
+        deadline = time.monotonic() + self.rpc_timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not rs.poll(int(left * 1000) + 1):
+                raise TimeoutError(f"the coordinator did not answer a state/mailbox request within {self.rpc_timeout}s")
+            frames = rs.recv_multipart()
+            try:
+                rep, _ = wire.decode(frames, wire.TO_WORKER, self.max_frame_bytes)
+            except WireProtocolError as exc:
+                self.rejected += 1
+                log.warning("carmulti worker %d rejected an RPC reply: %s", os.getpid(), exc)
+                continue
+            if rep["t"] == "rret" and rep["rid"] == rid:
+                break
+        if "ok" in rep:
+            return rep["ok"]
+        raise decode_error(rep["err"])
+
+    def rpc_call(self, job: int, oid: int, method: str, args: list[Any]) -> Any:
+        """Call a synchronous method of a coordinator-side mailbox object."""
+        return self.rpc({"op": "call", "job": job, "object": oid, "method": method,
+                         "args": [encode_value(a) for a in args]})
+
+    # -- sending ----------------------------------------------------------------------------------------------------
+    def schedule_flush(self) -> None:
+        """Send what is buffered at the end of this loop iteration."""
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self.flush_scheduled = False
+        ev = [[i, recs] for i, recs in self.out_events.items() if recs]
+        self.out_events = {}
+        req, self.out_requests = self.out_requests, []
+        res, self.out_results = self.out_results, []
+        if not (ev or req or res):
+            return
+        bs = self.batch_size
+        first = True
+        for k in range(0, max(len(res), 1), bs):
+            body: dict[str, Any] = {"t": "batch", "results": res[k:k + bs]}
+            if first:
+                if ev:
+                    body["events"] = ev
+                if req:
+                    body["requests"] = req
+                first = False
+            try:
+                data: bytes | None = orjson.dumps(body)
+            except TypeError:
+                data = None
+            if data is not None and len(data) <= self.max_frame_bytes:
+                self._send([wire.VERSION, data])
+                continue
+            for frame in self._split(body):  # rare: something orjson refused, or over the frame limit
+                self._send([wire.VERSION, frame])
+
+    def _split(self, body: dict[str, Any]) -> list[bytes]:
+        """Encode a batch item by item: fail what cannot be sent, and pack the rest into frames by bytes.
+
+        Events go first, then requests, then results: the coordinator handles
+        them in that order, so an agent's events still precede its result.
+        """
+        limit = self.max_frame_bytes
+        item_max = limit - FRAME_OVERHEAD
+        frames: list[bytes] = []
+        for i, recs in body.get("events", ()):
+            parts = []
+            for rec in recs:
+                try:
+                    b = orjson.dumps(rec)
+                except TypeError as exc:  # validated at append, so only a value mutated since
+                    b = orjson.dumps(dict(rec, data=f"<unserializable event data: {exc}>"))
+                if len(b) > item_max:
+                    b = orjson.dumps(dict(rec, data=f"<event data dropped: {too_big('it', len(b), limit)}>"))
+                parts.append(b)
+            frames += pack_frames(b'{"t":"batch","events":[[%d,[' % i, b"]]]}", parts, limit)
+        parts = []
+        for q in body.get("requests", ()):
+            try:
+                b = orjson.dumps(q)
+                problem = None if len(b) <= item_max else too_big("the request", len(b), limit)
+            except TypeError:
+                bad = find_unserializable(q.get("params", q.get("args")), "$.params") or ("$", "not JSON-serializable")
+                problem = f"SerializationError: request cannot be sent to the coordinator: {bad[0]}: {bad[1]}"
+            if problem is None:
+                parts.append(b)
+                continue
+            fut = self.pending.pop(q["rid"], None)
+            if fut is not None and not fut.done():
+                fut.set_exception(ToolError(problem))
+        frames += pack_frames(b'{"t":"batch","requests":[', b"]}", parts, limit)
+        parts = [self._encode_result(r, item_max) for r in body.get("results", ())]
+        frames += pack_frames(b'{"t":"batch","results":[', b"]}", parts, limit)
+        return frames
+
+    def _encode_result(self, r: dict[str, Any], item_max: int) -> bytes:
+        """One result as JSON that fits a frame; else an error result for that agent alone."""
+        out = r.get("output")
+        try:
+            b = orjson.dumps(r)
+        except TypeError:
+            try:  # a str JSON cannot carry (lone surrogates): tag it
+                b = orjson.dumps(dict(r, output=escape_strings(out))) if out is not None else orjson.dumps(r)
+            except TypeError:
+                named = dict(zip(OUTPUT_FIELDS, out or ()))
+                bad = find_unserializable(named, "$.output") or ("$.output", "not JSON-serializable")
+                r = wire.encode_result(r["id"], None, f"SerializationError: agent '{named.get('name', '?')}' returned "
+                                       f"an output that cannot be sent to the coordinator: {bad[0]}: {bad[1]}",
+                                       r["duration_ms"], r.get("writes"))
+                b = orjson.dumps(r)
+        if len(b) <= item_max:
+            return b
+        what = f"the result of agent '{out[0]}'" if out else "the agent's result"
+        writes = r.get("writes")
+        if writes:
+            what += f" (with {len(writes)} state writes)"
+        fail = wire.encode_result(r["id"], None, too_big(what, len(b), self.max_frame_bytes), r["duration_ms"], None)
+        if writes:
+            with_writes = orjson.dumps(dict(fail, writes=writes))
+            if len(with_writes) <= item_max:
+                return with_writes
+        return orjson.dumps(fail)
+
+    def _send(self, frames: list[bytes]) -> None:
+        if self.backlog:
+            self.backlog.append(frames)
+            return
+        try:
+            self.sock.send_multipart(frames, zmq.NOBLOCK)
+        except zmq.Again:
+            self.backlog.append(frames)
+            self.loop.call_later(0.005, self._drain_backlog)
+            return
+        self.loop.call_soon(self._on_readable)  # a send may consume the FD's edge
+
+    def _drain_backlog(self) -> None:
+        bl = self.backlog
+        while bl:
+            try:
+                self.sock.send_multipart(bl[0], zmq.NOBLOCK)
+            except zmq.Again:
+                self.loop.call_later(0.005, self._drain_backlog)
+                return
+            except zmq.ZMQError:
+                return
+            bl.popleft()
+
+
+def _isolated(view: StateView, name: str) -> AgentContext:
+    """An isolated agent's context in a worker: its state view already keeps writes local."""
+    return AgentContext(name, local_state=view)

@@ -1,0 +1,142 @@
+"""An agent's life cycle in a coordination, written once for every pattern, ``Delegator`` and ``AgentPool``.
+
+reserve a budget slot (:func:`reserve`) → run it on the coordination's executor
+(:func:`run_one`, :func:`run_many`) → conclude (:func:`conclude`): on success
+merge its isolated overlay, record its spend and write ``agent.{name}.answer``
+(:func:`publish`); on failure discard the overlay and build the failure output.
+:func:`run_load_bearing` and :func:`run_finalizer` are the two variants the
+patterns need for agents they cannot do without, or can. Also owns the outputs
+of agents that never ran (:func:`failed_output`, :func:`workspace_failed_output`)
+and the mailbox a group of agents shares (:func:`shared_mailbox`).
+
+This is the only module between the patterns and the executors: patterns never
+import an executor's internals or a transport.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Sequence
+
+from . import _strings as S
+from .budget import budget_skipped_output
+from .errors import AgentFailed, BudgetError, BudgetExhausted
+from .executors.base import AgentJob, AgentRun
+from .mailbox import Mailbox
+from .types import AgentOutput, AgentSpec
+
+if TYPE_CHECKING:
+    from .infra import SharedInfra
+    from .runner import AgentRunner
+
+__all__ = ["conclude", "failed_output", "publish", "reserve", "run_finalizer", "run_load_bearing", "run_many",
+           "run_one", "shared_mailbox", "workspace_failed_output"]
+
+
+def failed_output(name: str, error: str, duration_ms: float = 0.0) -> AgentOutput:
+    """The output of an agent that did not produce an answer (answer ``""``, zero counts)."""
+    return AgentOutput(name=name, error=error, duration_ms=duration_ms)
+
+
+def workspace_failed_output(name: str, err: BaseException | str) -> AgentOutput:
+    """``error = "workspace provisioning failed: {err}"``; no budget slot was used."""
+    return failed_output(name, S.WORKSPACE_FAILED.format(err=err))
+
+
+def shared_mailbox() -> Mailbox:
+    """A mailbox for a group of agents that talk to each other (a swarm's agents share one, as in Rust)."""
+    return Mailbox()
+
+
+def reserve(infra: "SharedInfra", name: str) -> AgentOutput | None:
+    """Reserve a budget slot for agent ``name``: ``None`` if admitted, else its budget-skipped output."""
+    try:
+        infra.begin_agent()
+    except BudgetError as err:
+        return budget_skipped_output(name, err)
+    return None
+
+
+async def run_one(infra: "SharedInfra", runner: "AgentRunner", job: AgentJob) -> AgentRun:
+    """Run one admitted agent on the coordination's executor."""
+    return await infra.executor.run_agent(runner, job, infra)
+
+
+async def run_many(infra: "SharedInfra", runner: "AgentRunner", jobs: Sequence[AgentJob]) -> list[AgentRun]:
+    """Run admitted agents concurrently on the coordination's executor; results in job order."""
+    return await infra.executor.run_batch(runner, jobs, infra)
+
+
+def publish(infra: "SharedInfra", output: AgentOutput, run: AgentRun | None = None, *,
+            write_state: bool = True) -> AgentOutput:
+    """Publish a successful agent: merge its overlay, record its spend, write ``agent.{name}.answer``.
+
+    The state key uses the name the *runner returned* (``output.name``), writer
+    ``swarm.{name}`` (Rust ``patterns/swarm.rs``). The executor has already
+    checked ``output`` (``executors.agent_run.check_output``).
+    """
+    if run is not None:
+        run.merge()
+    infra.record_output(output)
+    if write_state:
+        infra.state.set(S.STATE_KEY.format(name=output.name), output.answer, S.STATE_WRITER.format(name=output.name))
+    return output
+
+
+def conclude(infra: "SharedInfra", run: AgentRun, name: str, *, keep_duration: bool = False,
+             write_state: bool = True) -> AgentOutput:
+    """Turn an :class:`~carmulti.executors.AgentRun` into the agent's output, publishing it on success.
+
+    A failed run publishes nothing (its overlay is discarded, no state write).
+    When the runner itself returned an output with ``error`` set, that output is
+    the agent's output, every field kept, and its reported spend is recorded
+    (the tokens were spent); otherwise a failure output is built.
+
+    Args:
+        name: The spec's name (failures are reported under it).
+        keep_duration: Failed output carries the measured duration (sequential
+            mode) instead of ``0.0`` (parallel mode), as in Rust.
+        write_state: Write ``agent.{name}.answer`` on success.
+    """
+    if run.error is None and run.output is not None:
+        return publish(infra, run.output, run, write_state=write_state)
+    run.discard()
+    if run.output is not None:  # the runner reported its own failure
+        infra.record_output(run.output)
+        return run.output
+    return failed_output(name, run.error or S.MISSING_RESULT, run.duration_ms if keep_duration else 0.0)
+
+
+async def run_load_bearing(infra: "SharedInfra", runner: "AgentRunner", job: AgentJob, *,
+                           partial: Any = None) -> AgentOutput:
+    """Run an agent the pattern cannot do without (supervisor, reducer, main agent): no state write.
+
+    Its spend is recorded even when it then fails.
+
+    Raises:
+        BudgetExhausted: the budget denied it (``partial`` attached).
+        AgentFailed: it failed (``partial`` attached).
+    """
+    try:
+        infra.begin_agent()
+    except BudgetError as err:
+        raise BudgetExhausted(str(err)).with_partial(partial) from err
+    run = await run_one(infra, runner, job)
+    if run.output is not None:
+        infra.record_output(run.output)  # spent, even by a runner that then reported a failure
+    if run.output is None or run.error is not None:
+        raise AgentFailed(job.spec.name, run.error or S.MISSING_RESULT).with_partial(partial)
+    return run.output
+
+
+async def run_finalizer(infra: "SharedInfra", runner: "AgentRunner", spec: AgentSpec, task: str) -> AgentOutput | None:
+    """Run an optional finalizer (synthesizer), without ``spec.tools``: ``None`` when denied or failed."""
+    try:
+        infra.begin_agent()
+    except BudgetError:
+        return None
+    run = await run_one(infra, runner, AgentJob(spec, task, register_spec_tools=False))
+    if run.output is not None:
+        infra.record_output(run.output)
+    if run.output is None or run.error is not None:
+        return None
+    return run.output
