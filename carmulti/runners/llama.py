@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence, cast
 
 from ..runtime import Runtime, ToolExecutor
 from ..types import AgentOutput, AgentSpec
-from ._common import INSTALL_HINT, LLMRunnerError, agent_tools, check_price, check_tool_args, require
+from ._common import INSTALL_HINT, LLMRunnerError, RunnerSettings, agent_tools, check_price, require
 from ._loop import Reply, ToolCall, run_turns
 from ._textcalls import format_tool_results, parse_tool_calls, strip_tool_calls, tool_prompt
 
@@ -170,7 +170,7 @@ def forced_call_grammar(tool_choice: Any, tools: Mapping[str, Mapping[str, Any]]
     return f"root ::= {lit('CALL ' + name + ' ')} call-args\n" + rename_root(json_schema_to_gbnf(json.dumps(schema)))
 
 
-class LlamaCppRunner:
+class LlamaCppRunner(RunnerSettings):
     """Runs every agent on an embedded llama.cpp model (``llama-cpp-python``).
 
     Per agent: ``spec.system_prompt`` and the task go through the model's chat
@@ -219,13 +219,10 @@ class LlamaCppRunner:
             ``CALL`` line of one of the tools), or a tool name / OpenAI-style
             ``{"type": "function", "function": {"name": ...}}`` (constrained to a call
             of that tool, arguments following its JSON Schema). Later calls are free.
-        tools: The runner's own tools, name -> JSON Schema of the parameters
-            (None = open; a top-level ``"description"`` is shown to the model):
-            registered with that schema on each agent's runtime for the agent's
-            ``spec.tools`` that are listed here.
-        tool_executor: A :class:`~carmulti.ToolExecutor` installed on each agent's
-            runtime that has none yet (patterns such as ``Delegator`` install their own).
-            Without ``tools`` it runs whatever ``spec.tools`` names (open schemas).
+        tools: The runner's own tools, name -> JSON Schema of the parameters or
+            None (open); see "Tools" in :mod:`carmulti.runners`.
+        tool_executor: A :class:`~carmulti.ToolExecutor` that runs them; see
+            "Tools" in :mod:`carmulti.runners`.
         verbose: Let llama.cpp log to stderr.
 
     Raises (from ``run``):
@@ -249,15 +246,12 @@ class LlamaCppRunner:
         self.model_path = os.fspath(model_path) if model_path is not None else None
         self.n_ctx = n_ctx
         self.n_threads = n_threads
-        self.max_tokens = max_tokens
-        self.temperature = float(temperature)
+        temperature = float(temperature)
         self.seed = int(seed)
         self.chat_format = chat_format
-        self.price_per_1k = check_price(price_per_1k)
         self.tool_choice = tool_choice
-        self.tools = check_tool_args(tools, tool_executor, "LlamaCppRunner")
-        self.tool_executor = tool_executor
         self.verbose = verbose
+        self._init_settings("LlamaCppRunner", max_tokens, temperature, check_price(price_per_1k), tools, tool_executor)
 
     def __repr__(self) -> str:
         return f"LlamaCppRunner(model_path={self.model_path!r}, n_ctx={self.n_ctx})"

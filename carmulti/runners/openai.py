@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence, TypeGuard
 
 from ..runtime import Runtime, ToolExecutor
 from ..types import AgentOutput, AgentSpec
-from ._common import LLMRunnerError, agent_tools, check_price, check_tool_args, require
+from ._common import LLMRunnerError, RunnerSettings, agent_tools, check_price, require
 from ._loop import Reply, ToolCall, run_turns
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -35,7 +35,7 @@ __all__ = ["OpenAIChatRunner"]
 _METADATA_OVERRIDES = ("model", "temperature", "max_tokens", "tool_choice")
 
 
-class OpenAIChatRunner:
+class OpenAIChatRunner(RunnerSettings):
     """Drives each agent through an OpenAI-compatible chat-completions API with tool calling.
 
     Per agent: ``spec.system_prompt`` (system message) and the task (user message)
@@ -93,13 +93,10 @@ class OpenAIChatRunner:
             ``"auto"`` and the last allowed call ``"none"``.
         extra_body: Extra JSON fields merged into every request body (for
             server-specific options).
-        tools: The runner's own tools, name -> JSON Schema of the parameters
-            (None = open; a top-level ``"description"`` is shown to the model):
-            registered with that schema on each agent's runtime for the agent's
-            ``spec.tools`` that are listed here.
-        tool_executor: A :class:`~carmulti.ToolExecutor` installed on each agent's
-            runtime that has none yet (patterns such as ``Delegator`` install their own).
-            Without ``tools`` it runs whatever ``spec.tools`` names (open schemas).
+        tools: The runner's own tools, name -> JSON Schema of the parameters or
+            None (open); see "Tools" in :mod:`carmulti.runners`.
+        tool_executor: A :class:`~carmulti.ToolExecutor` that runs them; see
+            "Tools" in :mod:`carmulti.runners`.
 
     Raises (from ``run``; the agent fails with ``str(exc)`` as its error):
         ToolError: ``spec.tools`` names a tool the runner cannot offer (before any model call).
@@ -128,15 +125,13 @@ class OpenAIChatRunner:
         self.model = model
         self.base_url = base_url
         self.api_key = api_key
-        self.price_per_1k = check_price(price_per_1k)
-        self.temperature = float(temperature)
-        self.max_tokens = max_tokens
+        price = check_price(price_per_1k)
+        temperature = float(temperature)
         self.request_timeout_s = request_timeout_s
         self.max_retries = max_retries
         self.tool_choice = tool_choice
         self.extra_body = dict(extra_body) if extra_body else None
-        self.tools = check_tool_args(tools, tool_executor, "OpenAIChatRunner")
-        self.tool_executor = tool_executor
+        self._init_settings("OpenAIChatRunner", max_tokens, temperature, price, tools, tool_executor)
         self._client = client
         self._clients: dict[tuple[int, int], tuple[asyncio.AbstractEventLoop, AsyncOpenAI]] = {}  # (pid, id(loop)) -> (loop, client)
 
