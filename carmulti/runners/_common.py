@@ -1,4 +1,4 @@
-"""Helpers shared by the LLM runners: optional imports, tool schemas, budget checks, accounting."""
+"""Helpers shared by the LLM runners: optional imports, the settings both take, tool schemas, budget checks, accounting."""
 
 from __future__ import annotations
 
@@ -8,12 +8,13 @@ import math
 from typing import Any, Mapping
 
 from ..errors import MultiError, ToolError
-from ..runtime import ActionResult
+from ..runtime import ActionResult, ToolExecutor
 from ..types import AgentSpec, TokenAccounting
 
 __all__ = [
     "INSTALL_HINT",
     "LLMRunnerError",
+    "RunnerSettings",
     "agent_tools",
     "available_tools",
     "budget_exhausted",
@@ -245,3 +246,38 @@ def check_tool_args(tools: Any, tool_executor: Any, who: str) -> dict[str, dict[
     if not isinstance(tools, Mapping):
         raise TypeError(f"{who}: tools must be a mapping name -> JSON Schema (or None), got {type(tools).__name__}")
     return {str(k): (dict(v) if v else {"type": "object"}) for k, v in tools.items()}
+
+
+class RunnerSettings:
+    """The settings both LLM runners take, validated and stored the same way.
+
+    Attributes:
+        max_tokens: Completion-token limit per model call.
+        temperature: Sampling temperature.
+        price_per_1k: ``(input, output)`` USD per 1000 tokens (see :func:`check_price`).
+        tools: The runner's own tools, name -> JSON Schema (see :func:`check_tool_args`), or None.
+        tool_executor: The runner's tool executor, or None.
+    """
+
+    max_tokens: int
+    temperature: float
+    price_per_1k: tuple[float, float]
+    tools: dict[str, dict[str, Any]] | None
+    tool_executor: ToolExecutor | None
+
+    def _init_settings(self, who: str, max_tokens: int, temperature: float, price_per_1k: tuple[float, float],
+                       tools: Any, tool_executor: Any) -> None:
+        """Check ``tools`` and ``tool_executor`` and store the settings; ``who`` names the runner in errors.
+
+        The runner has checked the others already, each where its own order of
+        argument checks puts it (``max_tokens``, ``float(temperature)``,
+        :func:`check_price`).
+
+        Raises:
+            TypeError: a bad ``tools`` or ``tool_executor`` (see :func:`check_tool_args`).
+        """
+        self.tools = check_tool_args(tools, tool_executor, who)
+        self.tool_executor = tool_executor
+        self.max_tokens = max_tokens
+        self.temperature = temperature
+        self.price_per_1k = price_per_1k

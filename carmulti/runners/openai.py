@@ -3,6 +3,11 @@
 Built on the official ``openai`` SDK (``AsyncOpenAI``): OpenAI itself, vLLM,
 llama.cpp's ``llama_cpp.server``, Ollama, LM Studio, ... Needs the ``llm`` extra
 (``pip install 'carmulti[llm]'``).
+
+This module owns the SDK clients (one per process and event loop), the HTTP
+call and its error texts, and the conversation (:class:`_OpenAITurns`: native
+function tools, ``tool`` messages, ``tool_choice`` per turn); the turn loop is
+:func:`carmulti.runners._loop.run_turns`.
 """
 
 from __future__ import annotations
@@ -11,27 +16,26 @@ import asyncio
 import json
 import os
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Mapping, Sequence, TypeGuard
 
-from ..runtime import Action, ActionProposal, FailureBehavior
-from ..types import AgentOutput, AgentSpec, TokenAccounting
-from ._common import (
-    LLMRunnerError,
-    agent_tools,
-    budget_exhausted,
-    check_price,
-    check_tool_args,
-    cost_usd,
-    require,
-    tool_result_text,
-)
+from ..runtime import Runtime, ToolExecutor
+from ..types import AgentOutput, AgentSpec
+from ._common import LLMRunnerError, RunnerSettings, agent_tools, check_price, require
+from ._loop import Reply, ToolCall, run_turns
+
+if TYPE_CHECKING:  # pragma: no cover
+    import openai
+    from openai import AsyncOpenAI
+    from openai.types.chat import (ChatCompletion, ChatCompletionMessageParam, ChatCompletionMessageToolCall,
+                                   ChatCompletionToolChoiceOptionParam, ChatCompletionToolParam)
 
 __all__ = ["OpenAIChatRunner"]
 
 _METADATA_OVERRIDES = ("model", "temperature", "max_tokens", "tool_choice")
 
 
-class OpenAIChatRunner:
+class OpenAIChatRunner(RunnerSettings):
     """Drives each agent through an OpenAI-compatible chat-completions API with tool calling.
 
     Per agent: ``spec.system_prompt`` (system message) and the task (user message)
@@ -89,13 +93,10 @@ class OpenAIChatRunner:
             ``"auto"`` and the last allowed call ``"none"``.
         extra_body: Extra JSON fields merged into every request body (for
             server-specific options).
-        tools: The runner's own tools, name -> JSON Schema of the parameters
-            (None = open; a top-level ``"description"`` is shown to the model):
-            registered with that schema on each agent's runtime for the agent's
-            ``spec.tools`` that are listed here.
-        tool_executor: A :class:`~carmulti.ToolExecutor` installed on each agent's
-            runtime that has none yet (patterns such as ``Delegator`` install their own).
-            Without ``tools`` it runs whatever ``spec.tools`` names (open schemas).
+        tools: The runner's own tools, name -> JSON Schema of the parameters or
+            None (open); see "Tools" in :mod:`carmulti.runners`.
+        tool_executor: A :class:`~carmulti.ToolExecutor` that runs them; see
+            "Tools" in :mod:`carmulti.runners`.
 
     Raises (from ``run``; the agent fails with ``str(exc)`` as its error):
         ToolError: ``spec.tools`` names a tool the runner cannot offer (before any model call).
@@ -105,11 +106,12 @@ class OpenAIChatRunner:
             ``error`` and the tokens already spent, so the budget still meters them.
     """
 
-    def __init__(self, client: Any = None, *, model: str, base_url: str | None = None, api_key: str | None = None,
-                 price_per_1k: tuple[float, float] = (0.0, 0.0), temperature: float = 0.0, max_tokens: int = 512,
-                 request_timeout_s: float = 60.0, max_retries: int = 2, tool_choice: Any = "auto",
-                 extra_body: dict[str, Any] | None = None, tools: dict[str, Any] | None = None,
-                 tool_executor: Any = None) -> None:
+    def __init__(self, client: AsyncOpenAI | None = None, *, model: str, base_url: str | None = None,
+                 api_key: str | None = None, price_per_1k: tuple[float, float] = (0.0, 0.0), temperature: float = 0.0,
+                 max_tokens: int = 512, request_timeout_s: float = 60.0, max_retries: int = 2,
+                 tool_choice: ChatCompletionToolChoiceOptionParam = "auto", extra_body: Mapping[str, Any] | None = None,
+                 tools: Mapping[str, Mapping[str, Any] | None] | None = None,
+                 tool_executor: ToolExecutor | None = None) -> None:
         if not isinstance(model, str) or not model:
             raise ValueError(f"OpenAIChatRunner: model must be a non-empty str, got {model!r}")
         if client is None:
@@ -123,17 +125,15 @@ class OpenAIChatRunner:
         self.model = model
         self.base_url = base_url
         self.api_key = api_key
-        self.price_per_1k = check_price(price_per_1k)
-        self.temperature = float(temperature)
-        self.max_tokens = max_tokens
+        price = check_price(price_per_1k)
+        temperature = float(temperature)
         self.request_timeout_s = request_timeout_s
         self.max_retries = max_retries
         self.tool_choice = tool_choice
         self.extra_body = dict(extra_body) if extra_body else None
-        self.tools = check_tool_args(tools, tool_executor, "OpenAIChatRunner")
-        self.tool_executor = tool_executor
+        self._init_settings("OpenAIChatRunner", max_tokens, temperature, price, tools, tool_executor)
         self._client = client
-        self._clients: dict[tuple[int, int], tuple[Any, Any]] = {}  # (pid, id(loop)) -> (loop, client)
+        self._clients: dict[tuple[int, int], tuple[asyncio.AbstractEventLoop, AsyncOpenAI]] = {}  # (pid, id(loop)) -> (loop, client)
 
     # -- pickling (process executor) ------------------------------------------------
     def __getstate__(self) -> dict[str, Any]:
@@ -158,7 +158,7 @@ class OpenAIChatRunner:
         return self.base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
 
     # -- clients ----------------------------------------------------------------
-    def _get_client(self) -> Any:
+    def _get_client(self) -> AsyncOpenAI:
         if self._client is not None:
             return self._client
         loop = asyncio.get_running_loop()
@@ -169,9 +169,11 @@ class OpenAIChatRunner:
         for k, (lp, _) in list(self._clients.items()):  # forget clients of closed loops / other processes
             if k[0] != key[0] or lp.is_closed():
                 del self._clients[k]
-        openai = require("openai", "OpenAIChatRunner")
-        client = openai.AsyncOpenAI(base_url=self.base_url, api_key=self.api_key or os.environ.get("OPENAI_API_KEY") or "sk-none",
-                                    timeout=self.request_timeout_s, max_retries=self.max_retries)
+        require("openai", "OpenAIChatRunner")  # the install command when it is missing
+        from openai import AsyncOpenAI
+
+        client = AsyncOpenAI(base_url=self.base_url, api_key=self.api_key or os.environ.get("OPENAI_API_KEY") or "sk-none",
+                             timeout=self.request_timeout_s, max_retries=self.max_retries)
         self._clients[key] = (loop, client)
         return client
 
@@ -191,9 +193,12 @@ class OpenAIChatRunner:
         await self.aclose()
 
     # -- one model call ---------------------------------------------------------
-    async def _complete(self, client: Any, model: str, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
-                        tool_choice: Any, temperature: float, max_tokens: int) -> Any:
-        openai = require("openai", "OpenAIChatRunner")
+    async def _complete(self, client: AsyncOpenAI, model: str, messages: list[ChatCompletionMessageParam],
+                        tools: list[ChatCompletionToolParam] | None, tool_choice: ChatCompletionToolChoiceOptionParam | None,
+                        temperature: float, max_tokens: int) -> ChatCompletion:
+        require("openai", "OpenAIChatRunner")
+        import openai
+
         kw: dict[str, Any] = {"model": model, "messages": messages, "temperature": temperature, "max_tokens": max_tokens}
         if tools:
             kw["tools"] = tools
@@ -202,7 +207,7 @@ class OpenAIChatRunner:
             kw["extra_body"] = self.extra_body
         where = f"model {model!r} at {self.endpoint}"
         try:
-            return await client.chat.completions.create(**kw)
+            response: ChatCompletion = await client.chat.completions.create(**kw)
         except openai.APIStatusError as exc:
             raise LLMRunnerError(f"{where}: HTTP {exc.status_code}: {_error_detail(exc)}", model=model,
                                  endpoint=self.endpoint, status=exc.status_code) from exc
@@ -213,9 +218,10 @@ class OpenAIChatRunner:
             raise LLMRunnerError(f"{where}: connection failed: {exc}", model=model, endpoint=self.endpoint) from exc
         except openai.OpenAIError as exc:
             raise LLMRunnerError(f"{where}: {type(exc).__name__}: {exc}", model=model, endpoint=self.endpoint) from exc
+        return response
 
-    # -- the agent loop ---------------------------------------------------------
-    async def run(self, spec: AgentSpec, task: str, runtime: Any, mailbox: Any) -> AgentOutput:
+    # -- one agent ----------------------------------------------------------------
+    async def run(self, spec: AgentSpec, task: str, runtime: Runtime | None, mailbox: Any) -> AgentOutput:
         """Run one agent to a final answer (see the class docstring)."""
         t0 = time.perf_counter()
         md = spec.metadata or {}
@@ -225,96 +231,93 @@ class OpenAIChatRunner:
         first_choice = md.get("tool_choice", self.tool_choice)
         schemas = agent_tools(spec, runtime, self.tools, self.tool_executor, "OpenAIChatRunner")
         client = self._get_client()
-        tools = [{"type": "function", "function": {"name": name, "description": str(schema.get("description", f"Tool {name}")),
-                                                    "parameters": schema}} for name, schema in schemas.items()] or None
-        messages: list[dict[str, Any]] = []
+        tools: list[ChatCompletionToolParam] | None = [
+            {"type": "function", "function": {"name": name, "description": str(schema.get("description", f"Tool {name}")),
+                                              "parameters": schema}} for name, schema in schemas.items()] or None
+        messages: list[ChatCompletionMessageParam] = []
         if spec.system_prompt:
             messages.append({"role": "system", "content": spec.system_prompt})
         messages.append({"role": "user", "content": task})
-        max_turns = max(1, spec.max_turns)
-        tok = TokenAccounting()
-        turns = tool_calls = 0
-        tools_used: list[str] = []
-        last_text = ""
-        budget = getattr(runtime, "budget", None)
-
-        def output(answer: str = "", error: str | None = None) -> AgentOutput:
-            tok.cost_usd = cost_usd(tok.input_tokens, tok.output_tokens, self.price_per_1k)
-            return AgentOutput(name=spec.name, answer=answer, turns=turns, tool_calls=tool_calls, tools_used=tools_used,
-                               duration_ms=(time.perf_counter() - t0) * 1000.0, error=error, tokens=tok)
-
-        for k in range(1, max_turns + 1):
-            tok.cost_usd = cost_usd(tok.input_tokens, tok.output_tokens, self.price_per_1k)
-            if k > 1 and budget_exhausted(budget, tok):
-                return output(last_text) if last_text else output(error=f"budget exhausted before turn {k}")
-            if not tools:
-                choice = None
-            elif k == max_turns and max_turns > 1:
-                choice = "none"
-            else:
-                choice = first_choice if k == 1 else "auto"
-            try:
-                resp = await self._complete(client, model, messages, tools, choice, temperature, max_tokens)
-            except LLMRunnerError as exc:
-                if tok.total_tokens == 0:
-                    raise
-                return output(error=str(exc))  # keep the spend of earlier turns metered
-            turns += 1
-            usage = getattr(resp, "usage", None)
-            if usage is not None:
-                tok.input_tokens += int(getattr(usage, "prompt_tokens", 0) or 0)
-                tok.output_tokens += int(getattr(usage, "completion_tokens", 0) or 0)
-            if not getattr(resp, "choices", None):
-                raise LLMRunnerError(f"model {model!r} at {self.endpoint}: response without choices", model=model,
-                                     endpoint=self.endpoint)
-            msg = resp.choices[0].message
-            text = msg.content or ""
-            calls = [c for c in (msg.tool_calls or []) if getattr(c, "function", None) is not None]
-            if not calls:
-                return output(text)
-            last_text = text or last_text
-            ids = _call_ids(calls, k)
-            messages.append({"role": "assistant", "content": text,  # "" not None: llama.cpp's server rejects null
-                             "tool_calls": [{"id": cid, "type": "function",
-                                             "function": {"name": c.function.name, "arguments": c.function.arguments or "{}"}}
-                                            for cid, c in zip(ids, calls)]})
-            if k == max_turns:  # no turn left to show the model the results: do not execute them
-                return output(text, error=f"max turns ({max_turns}) reached without a final answer")
-            replies = await self._run_tool_calls(spec, runtime, calls, ids, k)
-            tool_calls += len(calls)
-            for c in calls:
-                if c.function.name not in tools_used:
-                    tools_used.append(c.function.name)
-            messages.extend(replies)
-        return output(last_text, error=f"max turns ({max_turns}) reached without a final answer")  # pragma: no cover
-
-    async def _run_tool_calls(self, spec: AgentSpec, runtime: Any, calls: list[Any], ids: list[str],
-                              turn: int) -> list[dict[str, Any]]:
-        """Execute one turn's tool calls as one proposal; return the ``tool`` messages, in call order."""
-        replies: dict[str, str] = {}
-        actions: list[Action] = []
-        for cid, c in zip(ids, calls):
-            try:
-                args = json.loads(c.function.arguments or "{}")
-            except ValueError as exc:
-                replies[cid] = f"error: arguments are not valid JSON: {exc}"
-                continue
-            if not isinstance(args, dict):
-                replies[cid] = f"error: arguments must be a JSON object, got {type(args).__name__}"
-                continue
-            actions.append(Action.tool_call(cid, c.function.name, args, failure_behavior=FailureBehavior.SKIP))
-        if actions:
-            if runtime is None:
-                for a in actions:
-                    replies[a.id] = "error: no runtime to execute tools"
-            else:
-                result = await runtime.execute(ActionProposal(f"{spec.name}-turn{turn}", spec.name, actions))
-                for r in result.results:
-                    replies[r.action_id] = tool_result_text(r)
-        return [{"role": "tool", "tool_call_id": cid, "content": replies.get(cid, "error: not executed")} for cid in ids]
+        chat = _OpenAITurns(self, client, model, messages, tools, first_choice, temperature, max_tokens)
+        return await run_turns(chat, spec, runtime, self.price_per_1k, t0)
 
 
-def _call_ids(calls: list[Any], turn: int) -> list[str]:
+@dataclass
+class _OpenAITurns:
+    """One agent's conversation through the SDK (a :class:`~carmulti.runners._loop.TurnBackend`).
+
+    Tools are offered as function tools; ``tool_choice`` is ``first_choice`` on
+    the first call, ``"auto"`` later and ``"none"`` on the last allowed one.
+    The model's tool calls are recorded in an assistant message (ids made
+    unique) and each result goes back as a ``tool`` message.
+    """
+
+    runner: OpenAIChatRunner
+    client: AsyncOpenAI
+    model: str
+    messages: list[ChatCompletionMessageParam]
+    tools: list[ChatCompletionToolParam] | None
+    first_choice: ChatCompletionToolChoiceOptionParam
+    temperature: float
+    max_tokens: int
+    #: Content next to native tool calls on the last turn is not an answer.
+    answer_beside_calls_is_final = False
+
+    async def complete(self, turn: int, last: bool) -> ChatCompletion:
+        choice: ChatCompletionToolChoiceOptionParam | None
+        if not self.tools:
+            choice = None
+        elif last:
+            choice = "none"
+        else:
+            choice = self.first_choice if turn == 1 else "auto"
+        return await self.runner._complete(self.client, self.model, self.messages, self.tools, choice,
+                                           self.temperature, self.max_tokens)
+
+    def usage(self, response: ChatCompletion) -> tuple[int, int]:
+        usage = getattr(response, "usage", None)
+        if usage is None:
+            return 0, 0
+        return int(getattr(usage, "prompt_tokens", 0) or 0), int(getattr(usage, "completion_tokens", 0) or 0)
+
+    def reply(self, response: ChatCompletion, turn: int) -> Reply:
+        if not getattr(response, "choices", None):
+            raise LLMRunnerError(f"model {self.model!r} at {self.runner.endpoint}: response without choices",
+                                 model=self.model, endpoint=self.runner.endpoint)
+        msg = response.choices[0].message
+        text = msg.content or ""
+        native = [c for c in (msg.tool_calls or []) if _is_function_call(c)]
+        if not native:
+            return Reply(text)
+        ids = _call_ids(native, turn)
+        self.messages.append({"role": "assistant", "content": text,  # "" not None: llama.cpp's server rejects null
+                              "tool_calls": [{"id": cid, "type": "function",
+                                              "function": {"name": c.function.name, "arguments": c.function.arguments or "{}"}}
+                                             for cid, c in zip(ids, native)]})
+        return Reply(text, [ToolCall(cid, c.function.name, *_arguments(c.function.arguments)) for cid, c in zip(ids, native)],
+                     text)
+
+    def feed_back(self, calls: Sequence[ToolCall], results: Sequence[str]) -> None:
+        self.messages.extend({"role": "tool", "tool_call_id": c.id, "content": text} for c, text in zip(calls, results))
+
+
+def _is_function_call(call: object) -> TypeGuard[ChatCompletionMessageToolCall]:
+    """A function tool call (SDKs with custom tools also return calls without ``function``)."""
+    return getattr(call, "function", None) is not None
+
+
+def _arguments(raw: str | None) -> tuple[dict[str, object] | None, str | None]:
+    """A function call's arguments parsed as a JSON object, or (None, why not)."""
+    try:
+        args = json.loads(raw or "{}")
+    except ValueError as exc:
+        return None, f"arguments are not valid JSON: {exc}"
+    if not isinstance(args, dict):
+        return None, f"arguments must be a JSON object, got {type(args).__name__}"
+    return args, None
+
+
+def _call_ids(calls: Sequence[ChatCompletionMessageToolCall], turn: int) -> list[str]:
     """Tool-call ids, made unique (they become action ids of one proposal)."""
     ids: list[str] = []
     for i, c in enumerate(calls):
@@ -325,7 +328,7 @@ def _call_ids(calls: list[Any], turn: int) -> list[str]:
     return ids
 
 
-def _error_detail(exc: Any) -> str:
+def _error_detail(exc: openai.APIStatusError) -> str:
     """A short reason from an SDK ``APIStatusError`` (server's error message when there is one)."""
     body = getattr(exc, "body", None)
     if isinstance(body, dict):
