@@ -13,6 +13,16 @@ Everything public is importable from here; the implementation lives in modules.
 import inspect
 
 from ._run import run
+from .actions import (
+    Action,
+    ActionProposal,
+    ActionResult,
+    ActionStatus,
+    ActionType,
+    FailureBehavior,
+    Precondition,
+    ProposalResult,
+)
 from .budget import BudgetLimits, BudgetSnapshot, CoordinationBudget, budget_skipped_output, is_budget_skipped
 from .errors import (
     AdvisorExhausted,
@@ -60,18 +70,7 @@ from .patterns import (
 from .policy import PolicyEngine, PolicyViolation
 from .pool import AgentId, AgentMessage, AgentPool, MessageRouter, PooledMailbox
 from .runner import AgentRunner
-from .runtime import (
-    Action,
-    ActionProposal,
-    ActionResult,
-    ActionStatus,
-    ActionType,
-    FailureBehavior,
-    Precondition,
-    ProposalResult,
-    Runtime,
-    ToolExecutor,
-)
+from .runtime import Runtime, ToolExecutor
 from .types import AgentOutput, AgentSpec, Message, TokenAccounting, truncate
 from .workspace import WORKSPACE_METADATA_KEY, AgentWorkspace, WorkspaceConfig, WorkspaceError, WorkspaceMode
 

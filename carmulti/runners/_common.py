@@ -8,7 +8,7 @@ import math
 from typing import Any, Mapping
 
 from ..errors import MultiError, ToolError
-from ..runtime import ActionResult
+from ..actions import ActionResult
 from ..types import AgentSpec, TokenAccounting
 
 __all__ = [

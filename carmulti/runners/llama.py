@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from ..runtime import Action, ActionProposal, FailureBehavior
+from ..actions import Action, ActionProposal, FailureBehavior
 from ..types import AgentOutput, AgentSpec, TokenAccounting
 from ._common import (INSTALL_HINT, LLMRunnerError, agent_tools, budget_exhausted, check_tool_args, require,
                       tool_result_text)

@@ -13,7 +13,7 @@ import os
 import time
 from typing import Any
 
-from ..runtime import Action, ActionProposal, FailureBehavior
+from ..actions import Action, ActionProposal, FailureBehavior
 from ..types import AgentOutput, AgentSpec, TokenAccounting
 from ._common import (
     LLMRunnerError,
