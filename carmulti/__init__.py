@@ -47,7 +47,7 @@ from .errors import (
 from .executors import IDEMPOTENT_METADATA_KEY, AgentJob, AgentRun, Executor, LocalExecutor, ProcessExecutor
 from .infra import SharedInfra
 from .isolation import AgentContext, TaskScope
-from .mailbox import Inbox, Mailbox
+from .mailbox import AgentId, AgentMessage, Inbox, Mailbox, MessageRouter, PooledMailbox
 from .patterns import (
     DELEGATE_SCHEMA,
     DelegatingExecutor,
@@ -68,7 +68,7 @@ from .patterns import (
     normalize_vote,
 )
 from .policy import PolicyEngine, PolicyViolation
-from .pool import AgentId, AgentMessage, AgentPool, MessageRouter, PooledMailbox
+from .pool import AgentPool
 from .runner import AgentRunner
 from .runtime import Runtime, ToolExecutor
 from .types import AgentOutput, AgentSpec, Message, TokenAccounting, truncate
