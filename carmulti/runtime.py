@@ -29,6 +29,7 @@ from typing import Any, Mapping, Protocol, runtime_checkable
 
 import orjson
 
+from . import actions as _actions
 from .actions import (
     _OPERATORS,
     Action,
@@ -43,18 +44,8 @@ from .actions import (
 from .errors import ToolError
 from .policy import PolicyEngine
 
-__all__ = [
-    "Action",
-    "ActionProposal",
-    "ActionResult",
-    "ActionStatus",
-    "ActionType",
-    "FailureBehavior",
-    "Precondition",
-    "ProposalResult",
-    "Runtime",
-    "ToolExecutor",
-]
+__all__ = ["Runtime", "ToolExecutor"]
+__all__ += _actions.__all__  # the action types, re-exported for ``from carmulti.runtime import Action``
 
 #: First retry waits this long (car-engine: base delay 100 ms) ...
 RETRY_BASE_DELAY_S = 0.1

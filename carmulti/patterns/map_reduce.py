@@ -144,7 +144,7 @@ class MapReduce:
 
             async def pump_items() -> None:
                 try:
-                    async for x in items:  # type: ignore[union-attr]
+                    async for x in items:
                         await item_q.put(x)
                 finally:
                     for _ in range(width):
@@ -156,7 +156,7 @@ class MapReduce:
                 x = await item_q.get()
                 return (x is not _END, x)
         else:
-            source = iter(items)  # type: ignore[arg-type]
+            source = iter(items)
 
             async def next_raw() -> tuple[bool, Any]:
                 for x in source:
@@ -249,7 +249,7 @@ class MapReduce:
         outputs: list[AgentOutput | None] = [None] * n
         async for i, out in self.stream(task, items, runner, infra):
             outputs[i] = out
-        map_outputs: list[AgentOutput] = outputs  # type: ignore[assignment] - every slot is filled
+        map_outputs: list[AgentOutput] = outputs  # type: ignore[assignment]  # every slot is filled
         result = MapReduceResult(task, map_outputs, "")
         entries = [(o.name, o.answer) for o in map_outputs if o.succeeded]
         k = self.reduce_fan_in
