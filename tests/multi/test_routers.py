@@ -34,6 +34,17 @@ def api(request: pytest.FixtureRequest) -> Api:
     return request.param
 
 
+async def _full_with_a_waiting_sender(api: Api, kept: str, waiting: str) -> tuple[Any, Any, asyncio.Future[None]]:
+    """A router whose one-message inbox holds ``kept`` while a sender waits to deliver ``waiting``."""
+    router = api.make(1)
+    inbox = router.register(api.key)
+    await router.send(api.msg(api.key, kept))
+    blocked = asyncio.ensure_future(router.send(api.msg(api.key, waiting)))
+    await asyncio.sleep(0.05)
+    assert not blocked.done()  # full: the sender waits
+    return router, inbox, blocked
+
+
 async def test_send_and_recv_in_order(api):
     router = api.make(4)
     inbox = router.register(api.key)
@@ -53,12 +64,7 @@ async def test_unknown_recipient_text(api):
 
 
 async def test_backpressure_then_timeout_drops_nothing(api):
-    router = api.make(1)
-    inbox = router.register(api.key)
-    await router.send(api.msg(api.key, "kept"))
-    blocked = asyncio.ensure_future(router.send(api.msg(api.key, "waits")))
-    await asyncio.sleep(0.05)
-    assert not blocked.done()  # full: the sender waits
+    router, inbox, blocked = await _full_with_a_waiting_sender(api, "kept", "waits")
     assert (await inbox.recv()).content == "kept"
     await asyncio.wait_for(blocked, 5)
     with pytest.raises(MailboxFull) as ei:
@@ -69,11 +75,7 @@ async def test_backpressure_then_timeout_drops_nothing(api):
 
 
 async def test_unregister_fails_blocked_senders_and_later_sends(api):
-    router = api.make(1)
-    inbox = router.register(api.key)
-    await router.send(api.msg(api.key, "kept"))
-    blocked = asyncio.ensure_future(router.send(api.msg(api.key, "lost")))
-    await asyncio.sleep(0.05)
+    router, inbox, blocked = await _full_with_a_waiting_sender(api, "kept", "lost")
     router.unregister(api.key)
     with pytest.raises(MailboxSend, match="was closed while the message waited for room"):
         await asyncio.wait_for(blocked, 5)
@@ -85,11 +87,7 @@ async def test_unregister_fails_blocked_senders_and_later_sends(api):
 
 
 async def test_register_again_replaces_and_closes_the_old_inbox(api):
-    router = api.make(1)
-    old = router.register(api.key)
-    await router.send(api.msg(api.key, "old"))
-    blocked = asyncio.ensure_future(router.send(api.msg(api.key, "blocked")))
-    await asyncio.sleep(0.05)
+    router, old, blocked = await _full_with_a_waiting_sender(api, "old", "blocked")
     new = router.register(api.key)
     with pytest.raises(MailboxSend, match="closed"):
         await asyncio.wait_for(blocked, 5)
@@ -101,11 +99,7 @@ async def test_register_again_replaces_and_closes_the_old_inbox(api):
 
 
 async def test_cancelled_sender_delivers_nothing(api):
-    router = api.make(1)
-    inbox = router.register(api.key)
-    await router.send(api.msg(api.key, "first"))
-    blocked = asyncio.ensure_future(router.send(api.msg(api.key, "cancelled")))
-    await asyncio.sleep(0.05)
+    _, inbox, blocked = await _full_with_a_waiting_sender(api, "first", "cancelled")
     blocked.cancel()
     with pytest.raises(asyncio.CancelledError):
         await blocked
