@@ -14,6 +14,16 @@ import inspect
 from typing import Any
 
 from ._run import run
+from .actions import (
+    Action,
+    ActionProposal,
+    ActionResult,
+    ActionStatus,
+    ActionType,
+    FailureBehavior,
+    Precondition,
+    ProposalResult,
+)
 from .budget import BudgetLimits, BudgetSnapshot, CoordinationBudget, budget_skipped_output, is_budget_skipped
 from .errors import (
     AdvisorExhausted,
@@ -38,7 +48,7 @@ from .errors import (
 from .executors import IDEMPOTENT_METADATA_KEY, LocalExecutor, ProcessExecutor
 from .infra import SharedInfra
 from .isolation import AgentContext, TaskScope
-from .mailbox import Inbox, Mailbox
+from .mailbox import AgentId, AgentMessage, Inbox, Mailbox, MessageRouter, PooledMailbox
 from .patterns import (
     DELEGATE_SCHEMA,
     DelegationRecord,
@@ -58,20 +68,9 @@ from .patterns import (
     normalize_vote,
 )
 from .policy import PolicyEngine, PolicyViolation
-from .pool import AgentId, AgentMessage, AgentPool, MessageRouter, PooledMailbox
+from .pool import AgentPool
 from .runner import AgentRunner
-from .runtime import (
-    Action,
-    ActionProposal,
-    ActionResult,
-    ActionStatus,
-    ActionType,
-    FailureBehavior,
-    Precondition,
-    ProposalResult,
-    Runtime,
-    ToolExecutor,
-)
+from .runtime import Runtime, ToolExecutor
 from .types import AgentOutput, AgentSpec, Message, TokenAccounting, truncate
 from .workspace import WORKSPACE_METADATA_KEY, AgentWorkspace, WorkspaceConfig, WorkspaceError, WorkspaceMode
 

@@ -15,13 +15,13 @@ several processes. Slots are not refunded (a failed agent still counts).
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from typing import Any
 
 from carcore import BudgetCounters
 
+from ._validate import int_at_least, number_at_least
 from .errors import BudgetError
 from .types import AgentOutput, TokenAccounting
 
@@ -79,6 +79,10 @@ class BudgetLimits:
         BudgetLimits(max_total_tokens=10_000) # stop starting agents past 10k tokens
         BudgetLimits(max_cost_usd=0.50)       # ... past 50 cents
         BudgetLimits(max_agents=8)            # never more than 8 agents started
+
+    Raises:
+        ValueError: a token or agent limit is not an int >= 0, or ``max_cost_usd``
+            not a finite number >= 0 (a bool is neither); the message names the field.
     """
 
     max_input_tokens: int | None = None
@@ -89,12 +93,8 @@ class BudgetLimits:
 
     def __post_init__(self) -> None:
         for name in ("max_input_tokens", "max_output_tokens", "max_total_tokens", "max_agents"):
-            v = getattr(self, name)
-            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
-                raise ValueError(f"BudgetLimits.{name} must be an int >= 0 or None, got {v!r}")
-        c = self.max_cost_usd
-        if c is not None and (not isinstance(c, (int, float)) or isinstance(c, bool) or math.isnan(c) or c < 0):
-            raise ValueError(f"BudgetLimits.max_cost_usd must be a number >= 0 (dollars) or None, got {c!r}")
+            int_at_least(getattr(self, name), 0, f"BudgetLimits.{name}", allow_none=True)
+        number_at_least(self.max_cost_usd, 0, "BudgetLimits.max_cost_usd", unit="dollars", allow_none=True)
 
     @property
     def is_unbounded(self) -> bool:

@@ -8,11 +8,11 @@ and idempotency cache). ``executor`` chooses where agents run.
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Any
 
 from carcore import EventLog, StateStore
 
+from ._validate import seconds
 from .budget import BudgetLimits, CoordinationBudget
 from .isolation import AgentContext
 from .policy import PolicyEngine
@@ -41,7 +41,7 @@ class SharedInfra:
         policies: Use this policy engine instead of a fresh one.
 
     Raises:
-        ValueError: ``agent_timeout_s`` is not a positive number.
+        ValueError: ``agent_timeout_s`` is not a finite number of seconds > 0 (nor None).
         TypeError: ``budget`` is not a ``BudgetLimits``.
 
     Usage::
@@ -54,10 +54,7 @@ class SharedInfra:
     def __init__(self, *, budget: BudgetLimits | None = None, executor: "Executor | None" = None,
                  agent_timeout_s: float | None = None, state: StateStore | None = None,
                  log: EventLog | None = None, policies: PolicyEngine | None = None) -> None:
-        if agent_timeout_s is not None:
-            if (not isinstance(agent_timeout_s, (int, float)) or isinstance(agent_timeout_s, bool)
-                    or math.isnan(agent_timeout_s) or agent_timeout_s <= 0):
-                raise ValueError(f"agent_timeout_s must be a number of seconds > 0 or None, got {agent_timeout_s!r}")
+        seconds(agent_timeout_s, "SharedInfra agent_timeout_s", allow_none=True)
         if budget is not None and not isinstance(budget, BudgetLimits):
             raise TypeError(f"SharedInfra(budget=...) takes a BudgetLimits, got {type(budget).__name__}")
         self.state: StateStore = state if state is not None else StateStore()

@@ -1,24 +1,59 @@
-"""Named, bounded async channels between agents (car-multi ``mailbox``).
+"""Bounded async channels between agents: every message of the package goes through here.
 
-``register(name)`` gives an agent an :class:`Inbox`; ``send`` routes a
-:class:`~carmulti.Message` by its ``to`` field. Inboxes are bounded
-(``buffer_size`` messages): a full inbox applies backpressure (the sender
-waits), and with ``timeout_s`` the wait is bounded and ends in
-:class:`~carmulti.MailboxFull`. Nothing is ever dropped silently.
+Two routers share one implementation (registry, delivery, backpressure, close):
+
+* :class:`Mailbox` (car-multi ``mailbox``) routes a :class:`~carmulti.Message`
+  by agent *name* (its ``to`` field); patterns hand one to their runners.
+* :class:`MessageRouter` (seed ``AgentPool``) routes an :class:`AgentMessage`
+  by pooled agent *id*; a pooled runner gets its inbox through a
+  :class:`PooledMailbox`.
+
+``register(key)`` gives an agent an :class:`Inbox`. Inboxes are bounded: a full
+inbox applies backpressure (the sender waits), and with ``timeout_s`` the wait
+is bounded and ends in :class:`~carmulti.MailboxFull`. Closing an inbox
+(``unregister``, or registering the key again) fails the senders waiting for
+room with :class:`~carmulti.MailboxSend`. Nothing is ever dropped silently.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar, Generic, TypeVar
 
+from ._validate import int_at_least
 from .errors import MailboxFull, MailboxSend, MailboxTimeout
 from .types import Message
 
-__all__ = ["DEFAULT_BUFFER_SIZE", "Inbox", "Mailbox"]
+__all__ = [
+    "DEFAULT_BUFFER_SIZE",
+    "DEFAULT_INBOX_CAPACITY",
+    "AgentId",
+    "AgentMessage",
+    "Inbox",
+    "Mailbox",
+    "MessageRouter",
+    "PooledMailbox",
+]
 
 #: Default inbox capacity in messages (Rust ``Mailbox::default()``; unspecified there).
 DEFAULT_BUFFER_SIZE = 64
+#: Default pooled-agent inbox capacity in messages (the seed's 32).
+DEFAULT_INBOX_CAPACITY = 32
+
+#: Pool agent ids: ints from 1, never reused. 0 means "external / supervisor" as a sender.
+AgentId = int
+
+_K = TypeVar("_K", str, int)
+
+
+@dataclass
+class AgentMessage:
+    """A message between pooled agents (``from_id`` 0 = external)."""
+
+    from_id: AgentId
+    to: AgentId
+    content: str
 
 
 class Inbox:
@@ -119,41 +154,71 @@ class Inbox:
         return await self.recv()
 
 
-class Mailbox:
+class _Router(Generic[_K]):
+    """Bounded inboxes by key: the one registry, delivery and close behind both routers.
+
+    The key is an agent name (:class:`Mailbox`) or a pooled agent id
+    (:class:`MessageRouter`). Subclasses name the capacity argument (``what``)
+    and give the detail of the :class:`~carmulti.MailboxSend` raised for a key
+    without an inbox (``_unknown``, formatted with the key).
+    """
+
+    __slots__ = ("_capacity", "_inboxes")
+
+    #: ``MailboxSend`` detail for a key with no inbox; ``{}`` is the key.
+    _unknown: ClassVar[str]
+
+    def __init__(self, capacity: object, what: str) -> None:
+        self._capacity = int_at_least(capacity, 1, what)
+        self._inboxes: dict[_K, Inbox] = {}
+
+    def register(self, key: _K, /) -> Inbox:
+        """Create (or replace) the inbox of agent ``key`` and return it.
+
+        A replaced inbox is closed: its waiting senders get :class:`~carmulti.MailboxSend`.
+        """
+        old = self._inboxes.get(key)
+        if old is not None:
+            old.close()
+        inbox = self._inboxes[key] = Inbox(str(key), self._capacity)
+        return inbox
+
+    def unregister(self, key: _K, /) -> None:
+        """Drop the inbox of agent ``key``; later sends to it raise :class:`~carmulti.MailboxSend`."""
+        inbox = self._inboxes.pop(key, None)
+        if inbox is not None:
+            inbox.close()
+
+    async def _send(self, key: _K, msg: Any, timeout_s: float | None) -> None:
+        inbox = self._inboxes.get(key)
+        if inbox is None:
+            raise MailboxSend(self._unknown.format(key))
+        await inbox._put(msg, timeout_s)
+
+
+class Mailbox(_Router[str]):
     """Routes messages to registered agents by name.
 
     Args:
-        buffer_size: Capacity of each inbox, in messages (>= 1).
+        buffer_size: Capacity of each inbox, in messages (an int >= 1).
 
     Raises:
-        ValueError: ``buffer_size < 1``.
+        ValueError: ``buffer_size`` is not an int >= 1 (a bool never is).
     """
 
-    __slots__ = ("buffer_size", "_inboxes", "inbox")
+    __slots__ = ("inbox",)
+    _unknown = "no agent '{}'"
 
     def __init__(self, buffer_size: int = DEFAULT_BUFFER_SIZE) -> None:
-        if not isinstance(buffer_size, int) or buffer_size < 1:
-            raise ValueError(f"Mailbox buffer_size must be an int >= 1, got {buffer_size!r}")
-        self.buffer_size = buffer_size
-        self._inboxes: dict[str, Inbox] = {}
+        super().__init__(buffer_size, "Mailbox buffer_size")
         #: The inbox of the agent this mailbox was handed to, when the engine
-        #: registered one for it (``AgentPool`` does); ``None`` otherwise.
+        #: registered one for it; ``None`` otherwise.
         self.inbox: Inbox | None = None
 
-    def register(self, name: str) -> Inbox:
-        """Create (or replace) ``name``'s inbox and return it."""
-        old = self._inboxes.get(name)
-        if old is not None:
-            old.close()
-        inbox = Inbox(name, self.buffer_size)
-        self._inboxes[name] = inbox
-        return inbox
-
-    def unregister(self, name: str) -> None:
-        """Drop ``name``'s inbox; later sends to it raise :class:`MailboxSend`."""
-        inbox = self._inboxes.pop(name, None)
-        if inbox is not None:
-            inbox.close()
+    @property
+    def buffer_size(self) -> int:
+        """Capacity of each inbox, in messages."""
+        return self._capacity
 
     def names(self) -> list[str]:
         """Registered agent names."""
@@ -174,10 +239,7 @@ class Mailbox:
                 or its inbox was closed.
             MailboxFull: the inbox stayed full for ``timeout_s``.
         """
-        inbox = self._inboxes.get(msg.to)
-        if inbox is None:
-            raise MailboxSend(f"no agent '{msg.to}'")
-        await inbox._put(msg, timeout_s)
+        await self._send(msg.to, msg, timeout_s)
 
     async def broadcast(self, msg: Message, *, timeout_s: float | None = None) -> int:
         """Deliver a copy of ``msg`` (``to`` rewritten) to every registered agent, sender included.
@@ -194,3 +256,61 @@ class Mailbox:
             await inbox._put(copy, timeout_s)
             n += 1
         return n
+
+
+class MessageRouter(_Router[AgentId]):
+    """Routes :class:`AgentMessage` to pooled agents' bounded inboxes by id.
+
+    Args:
+        inbox_capacity: Messages per inbox (an int >= 1, default 32 as the seed).
+            A full inbox makes ``send`` wait (backpressure), never drop.
+
+    Raises:
+        ValueError: ``inbox_capacity`` is not an int >= 1 (a bool never is).
+    """
+
+    __slots__ = ()
+    _unknown = "agent {} not registered"
+
+    def __init__(self, inbox_capacity: int = DEFAULT_INBOX_CAPACITY) -> None:
+        super().__init__(inbox_capacity, "MessageRouter inbox_capacity")
+
+    @property
+    def inbox_capacity(self) -> int:
+        """Messages per inbox."""
+        return self._capacity
+
+    async def send(self, msg: AgentMessage, *, timeout_s: float | None = None) -> None:
+        """Deliver ``msg`` to agent ``msg.to``, waiting while the inbox is full.
+
+        Raises:
+            MailboxSend: ``agent {to} not registered`` (unknown or finished agent)
+                or its inbox was closed.
+            MailboxFull: the inbox stayed full for ``timeout_s``.
+        """
+        await self._send(msg.to, msg, timeout_s)
+
+    def agent_count(self) -> int:
+        """Registered inboxes."""
+        return len(self._inboxes)
+
+
+class PooledMailbox:
+    """The ``mailbox`` argument a pooled agent's runner receives.
+
+    Attributes:
+        agent_id: This agent's pool id.
+        inbox: This agent's :class:`~carmulti.Inbox` (``await mailbox.inbox.recv()``).
+        router: The pool's router.
+    """
+
+    __slots__ = ("agent_id", "inbox", "router")
+
+    def __init__(self, agent_id: AgentId, inbox: Inbox, router: MessageRouter) -> None:
+        self.agent_id = agent_id
+        self.inbox = inbox
+        self.router = router
+
+    async def send(self, to: AgentId, content: str, *, timeout_s: float | None = None) -> None:
+        """Send ``content`` to pooled agent ``to`` from this agent."""
+        await self.router.send(AgentMessage(self.agent_id, to, content), timeout_s=timeout_s)

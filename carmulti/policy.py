@@ -8,16 +8,15 @@ a violation, so a buggy policy fails closed.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import Any, Callable, Optional
 
-if TYPE_CHECKING:
-    from .runtime import Action
+from .actions import Action
 
 __all__ = ["PolicyCheck", "PolicyEngine", "PolicyViolation"]
 
 #: ``check(action, state) -> reason or None``; ``state`` is the agent's state
 #: view (a ``carcore.StateStore`` or ``carcore.Overlay``).
-PolicyCheck = Callable[["Action", Any], Optional[str]]
+PolicyCheck = Callable[[Action, Any], Optional[str]]
 
 
 @dataclass(frozen=True)
@@ -84,7 +83,7 @@ class PolicyEngine:
     def __len__(self) -> int:
         return len(self._policies)
 
-    def check(self, action: "Action", state: Any) -> list[PolicyViolation]:
+    def check(self, action: Action, state: Any) -> list[PolicyViolation]:
         """Run every policy against ``action``; collect all violations.
 
         A check that raises yields a violation whose reason is

@@ -9,20 +9,25 @@ defects fixed:
 * each agent's inbox is handed to its runner (``mailbox.inbox``), so messages
   sent to a pooled agent arrive (the seed dropped the receiver);
 * an agent that crashes still yields its id, with an error output.
+
+The messaging half of the seed (:class:`~carmulti.MessageRouter`,
+:class:`~carmulti.AgentMessage`, :class:`~carmulti.PooledMailbox`) lives in
+:mod:`carmulti.mailbox`, on the same implementation as :class:`~carmulti.Mailbox`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-from dataclasses import dataclass
+import functools
 from typing import TYPE_CHECKING, Iterable
 
 from . import _strings as S
-from .errors import MailboxSend, PoolAtCapacity
+from ._validate import int_at_least
+from .errors import PoolAtCapacity
 from .executors.base import AgentJob
 from .lifecycle import conclude, failed_output, reserve, run_one
-from .mailbox import Inbox
+from .mailbox import AgentId, AgentMessage, MessageRouter, PooledMailbox
 from .runner import check_runner
 from .types import AgentOutput, AgentSpec
 
@@ -30,85 +35,9 @@ if TYPE_CHECKING:
     from .infra import SharedInfra
     from .runner import AgentRunner
 
+#: ``AgentId``, ``AgentMessage``, ``MessageRouter`` and ``PooledMailbox`` live in
+#: :mod:`carmulti.mailbox`; they are re-exported here for older imports.
 __all__ = ["AgentId", "AgentMessage", "AgentPool", "MessageRouter", "PooledMailbox"]
-
-#: Pool agent ids: ints from 1, never reused. 0 means "external / supervisor" as a sender.
-AgentId = int
-
-
-@dataclass
-class AgentMessage:
-    """A message between pooled agents (``from_id`` 0 = external)."""
-
-    from_id: AgentId
-    to: AgentId
-    content: str
-
-
-class MessageRouter:
-    """Routes :class:`AgentMessage` to pooled agents' bounded inboxes by id.
-
-    Args:
-        inbox_capacity: Messages per inbox (>= 1, default 32 as the seed). A
-            full inbox makes ``send`` wait (backpressure), never drop.
-    """
-
-    def __init__(self, inbox_capacity: int = 32) -> None:
-        if not isinstance(inbox_capacity, int) or inbox_capacity < 1:
-            raise ValueError(f"MessageRouter inbox_capacity must be an int >= 1, got {inbox_capacity!r}")
-        self.inbox_capacity = inbox_capacity
-        self._inboxes: dict[AgentId, Inbox] = {}
-
-    def register(self, agent_id: AgentId) -> Inbox:
-        """Create (or replace) ``agent_id``'s inbox and return it."""
-        old = self._inboxes.get(agent_id)
-        if old is not None:
-            old.close()
-        inbox = Inbox(str(agent_id), self.inbox_capacity)
-        self._inboxes[agent_id] = inbox
-        return inbox
-
-    def unregister(self, agent_id: AgentId) -> None:
-        inbox = self._inboxes.pop(agent_id, None)
-        if inbox is not None:
-            inbox.close()
-
-    async def send(self, msg: AgentMessage, *, timeout_s: float | None = None) -> None:
-        """Deliver ``msg`` to agent ``msg.to``.
-
-        Raises:
-            MailboxSend: ``agent {to} not registered`` (unknown or finished agent).
-            MailboxFull: the inbox stayed full for ``timeout_s``.
-        """
-        inbox = self._inboxes.get(msg.to)
-        if inbox is None:
-            raise MailboxSend(f"agent {msg.to} not registered")
-        await inbox._put(msg, timeout_s)
-
-    def agent_count(self) -> int:
-        """Registered inboxes."""
-        return len(self._inboxes)
-
-
-class PooledMailbox:
-    """The ``mailbox`` argument a pooled agent's runner receives.
-
-    Attributes:
-        agent_id: This agent's pool id.
-        inbox: This agent's :class:`~carmulti.Inbox` (``await mailbox.inbox.recv()``).
-        router: The pool's router.
-    """
-
-    __slots__ = ("agent_id", "inbox", "router")
-
-    def __init__(self, agent_id: AgentId, inbox: Inbox, router: MessageRouter) -> None:
-        self.agent_id = agent_id
-        self.inbox = inbox
-        self.router = router
-
-    async def send(self, to: AgentId, content: str, *, timeout_s: float | None = None) -> None:
-        """Send ``content`` to pooled agent ``to`` from this agent."""
-        await self.router.send(AgentMessage(self.agent_id, to, content), timeout_s=timeout_s)
 
 
 class AgentPool:
@@ -123,13 +52,12 @@ class AgentPool:
         infra: Shared infrastructure; ``None`` = a fresh in-process ``SharedInfra``.
 
     Raises:
-        ValueError: ``max_concurrent < 1``.
+        ValueError: ``max_concurrent`` is not an int >= 1 (a bool never is).
     """
 
     def __init__(self, runner: "AgentRunner", max_concurrent: int, *, infra: "SharedInfra | None" = None) -> None:
         check_runner(runner)
-        if not isinstance(max_concurrent, int) or isinstance(max_concurrent, bool) or max_concurrent < 1:
-            raise ValueError(f"AgentPool max_concurrent must be an int >= 1, got {max_concurrent!r}")
+        int_at_least(max_concurrent, 1, "AgentPool max_concurrent")
         if infra is None:
             from .infra import SharedInfra
 
@@ -200,7 +128,7 @@ class AgentPool:
     def _start(self, aid: AgentId, spec: AgentSpec, task: str) -> None:
         task_obj = asyncio.get_running_loop().create_task(self._run(aid, spec, task), name=f"carmulti-pool-{aid}")
         self._running[aid] = (task_obj, spec)
-        task_obj.add_done_callback(lambda t, aid=aid: self._finished(aid, t))
+        task_obj.add_done_callback(functools.partial(self._finished, aid))
 
     async def _run(self, aid: AgentId, spec: AgentSpec, task: str) -> AgentOutput:
         skipped = reserve(self.infra, spec.name)

@@ -16,6 +16,8 @@ from typing import Any, Mapping
 
 import orjson
 
+from ._validate import int_at_least
+
 __all__ = ["AgentOutput", "AgentSpec", "Message", "TokenAccounting", "truncate"]
 
 
@@ -156,7 +158,7 @@ class AgentSpec:
 
     Raises:
         ValueError: ``name`` is empty or not a str, or ``max_turns`` is not an
-            int >= 0.
+            int >= 0 (a bool never is).
         TypeError: ``tools`` is not a list of str; ``metadata`` is not a
             mapping or holds something that is not JSON (the message names the
             spec and the key path, e.g. ``AgentSpec('a').metadata['run']['at']``,
@@ -175,8 +177,7 @@ class AgentSpec:
             raise ValueError(f"AgentSpec.name must be a non-empty str, got {self.name!r}")
         if isinstance(self.tools, str) or not all(isinstance(t, str) for t in self.tools):
             raise TypeError(f"AgentSpec({self.name!r}).tools must be a list of str, got {self.tools!r}")
-        if not isinstance(self.max_turns, int) or self.max_turns < 0:
-            raise ValueError(f"AgentSpec({self.name!r}).max_turns must be an int >= 0, got {self.max_turns!r}")
+        int_at_least(self.max_turns, 0, f"AgentSpec({self.name!r}).max_turns")
         md = self.metadata
         if md or type(md) is not dict:  # the common empty dict costs one truth test
             object.__setattr__(self, "metadata", _json_metadata(self.name, md))

@@ -48,7 +48,7 @@ class LocalExecutor:
     """
 
     def __init__(self, *, cancel_grace_s: float = 1.0) -> None:
-        self.cancel_grace_s = V.seconds(cancel_grace_s, "LocalExecutor cancel_grace_s")
+        self.cancel_grace_s = float(V.seconds(cancel_grace_s, "LocalExecutor cancel_grace_s"))
         self._abandoned: set[asyncio.Task[Any]] = set()
 
     async def start(self) -> None:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, AsyncIterable, AsyncIterator, Iterable, Sequence
 
 from .. import _strings as S
+from .._validate import int_at_least
 from ..executors.base import AgentJob
 from ..lifecycle import conclude, reserve, run_load_bearing, run_one
 from ..runner import check_runner
@@ -79,16 +80,15 @@ class MapReduce:
             a single flat reduce.
 
     Raises:
-        ValueError: ``max_concurrent < 1`` or ``reduce_fan_in < 2``.
+        ValueError: ``max_concurrent`` is not an int >= 1, or ``reduce_fan_in`` not an int >= 2
+            nor None (a bool never is).
         TypeError: ``mapper``/``reducer`` is not an ``AgentSpec``.
     """
 
     def __init__(self, mapper: AgentSpec, reducer: AgentSpec, max_concurrent: int = 5, *,
                  reduce_fan_in: int | None = None) -> None:
-        if not isinstance(max_concurrent, int) or isinstance(max_concurrent, bool) or max_concurrent < 1:
-            raise ValueError(f"MapReduce max_concurrent must be an int >= 1, got {max_concurrent!r}")
-        if reduce_fan_in is not None and (not isinstance(reduce_fan_in, int) or reduce_fan_in < 2):
-            raise ValueError(f"MapReduce reduce_fan_in must be an int >= 2 or None, got {reduce_fan_in!r}")
+        int_at_least(max_concurrent, 1, "MapReduce max_concurrent")
+        int_at_least(reduce_fan_in, 2, "MapReduce reduce_fan_in", allow_none=True)
         for what, spec in (("mapper", mapper), ("reducer", reducer)):
             if not isinstance(spec, AgentSpec):
                 raise TypeError(f"MapReduce {what} must be an AgentSpec, got {type(spec).__name__}")
@@ -144,7 +144,7 @@ class MapReduce:
 
             async def pump_items() -> None:
                 try:
-                    async for x in items:  # type: ignore[union-attr]
+                    async for x in items:
                         await item_q.put(x)
                 finally:
                     for _ in range(width):
@@ -156,7 +156,7 @@ class MapReduce:
                 x = await item_q.get()
                 return (x is not _END, x)
         else:
-            source = iter(items)  # type: ignore[arg-type]
+            source = iter(items)
 
             async def next_raw() -> tuple[bool, Any]:
                 for x in source:
@@ -248,7 +248,7 @@ class MapReduce:
         outputs: list[AgentOutput | None] = [None] * n
         async for i, out in self.stream(task, items, runner, infra):
             outputs[i] = out
-        map_outputs: list[AgentOutput] = outputs  # type: ignore[assignment] - every slot is filled
+        map_outputs: list[AgentOutput] = outputs  # type: ignore[assignment]  # every slot is filled
         result = MapReduceResult(task, map_outputs, "")
         entries = [(o.name, o.answer) for o in map_outputs if o.succeeded]
         k = self.reduce_fan_in

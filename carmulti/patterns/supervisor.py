@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
 
 from .. import _strings as S
+from .._validate import int_at_least
 from ..executors.base import AgentJob
 from ..lifecycle import run_load_bearing
 from ..runner import check_runner
@@ -66,12 +67,11 @@ class Supervisor:
         max_rounds: Rounds at most (>= 1, default 3).
 
     Raises:
-        ValueError: ``max_rounds < 1``.
+        ValueError: ``max_rounds`` is not an int >= 1 (a bool never is).
     """
 
     def __init__(self, workers: Sequence[AgentSpec], supervisor: AgentSpec, max_rounds: int = 3) -> None:
-        if not isinstance(max_rounds, int) or max_rounds < 1:
-            raise ValueError(f"Supervisor max_rounds must be an int >= 1, got {max_rounds!r}")
+        int_at_least(max_rounds, 1, "Supervisor max_rounds")
         self._swarm = Swarm(workers, SwarmMode.PARALLEL)
         self.workers = self._swarm.agents
         self.supervisor = supervisor

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import importlib
 import json
-import math
 from typing import Any, Mapping
 
+from .._validate import number_at_least
+from ..actions import ActionResult
 from ..errors import MultiError, ToolError
-from ..runtime import ActionResult, ToolExecutor
+from ..runtime import ToolExecutor
 from ..types import AgentSpec, TokenAccounting
 
 __all__ = [
@@ -135,15 +136,18 @@ def cost_usd(input_tokens: int, output_tokens: int, price_per_1k: tuple[float, f
 
 
 def check_price(price_per_1k: Any) -> tuple[float, float]:
-    """Validate ``price_per_1k`` ((input, output) USD per 1000 tokens, both finite and >= 0)."""
+    """Validate ``price_per_1k`` ((input, output) USD per 1000 tokens, both finite numbers >= 0).
+
+    Raises:
+        TypeError: not a pair.
+        ValueError: an element is not a finite number >= 0 (a bool or a str never is).
+    """
     try:
         pin, pout = price_per_1k
-        pin, pout = float(pin), float(pout)
     except (TypeError, ValueError):
         raise TypeError(f"price_per_1k must be a pair (input_usd, output_usd) per 1000 tokens, got {price_per_1k!r}") from None
-    if not (math.isfinite(pin) and math.isfinite(pout) and pin >= 0 and pout >= 0):
-        raise ValueError(f"price_per_1k must be finite and >= 0, got {price_per_1k!r}")
-    return pin, pout
+    return (float(number_at_least(pin, 0, "price_per_1k[0]", unit="input USD per 1000 tokens")),
+            float(number_at_least(pout, 0, "price_per_1k[1]", unit="output USD per 1000 tokens")))
 
 
 def tool_result_text(result: ActionResult) -> str:

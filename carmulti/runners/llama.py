@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping, Sequence, cast
 
+from .._validate import int_at_least
 from ..runtime import Runtime, ToolExecutor
 from ..types import AgentOutput, AgentSpec
 from ._common import INSTALL_HINT, LLMRunnerError, RunnerSettings, agent_tools, check_price, require
@@ -237,12 +238,9 @@ class LlamaCppRunner(RunnerSettings):
                  chat_format: str | None = None, price_per_1k: tuple[float, float] = (0.0, 0.0),
                  tool_choice: str | Mapping[str, Any] = "auto", tools: Mapping[str, Mapping[str, Any] | None] | None = None,
                  tool_executor: ToolExecutor | None = None, verbose: bool = False) -> None:
-        if not isinstance(n_ctx, int) or n_ctx <= 0:
-            raise ValueError(f"LlamaCppRunner: n_ctx must be an int > 0, got {n_ctx!r}")
-        if n_threads is not None and (not isinstance(n_threads, int) or n_threads <= 0):
-            raise ValueError(f"LlamaCppRunner: n_threads must be an int > 0 or None, got {n_threads!r}")
-        if not isinstance(max_tokens, int) or max_tokens <= 0:
-            raise ValueError(f"LlamaCppRunner: max_tokens must be an int > 0, got {max_tokens!r}")
+        int_at_least(n_ctx, 1, "LlamaCppRunner: n_ctx")
+        int_at_least(n_threads, 1, "LlamaCppRunner: n_threads", allow_none=True)
+        int_at_least(max_tokens, 1, "LlamaCppRunner: max_tokens")
         self.model_path = os.fspath(model_path) if model_path is not None else None
         self.n_ctx = n_ctx
         self.n_threads = n_threads

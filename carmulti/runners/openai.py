@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping, Sequence, TypeGuard
 
+from .._validate import int_at_least, seconds
 from ..runtime import Runtime, ToolExecutor
 from ..types import AgentOutput, AgentSpec
 from ._common import LLMRunnerError, RunnerSettings, agent_tools, check_price, require
@@ -116,12 +117,9 @@ class OpenAIChatRunner(RunnerSettings):
             raise ValueError(f"OpenAIChatRunner: model must be a non-empty str, got {model!r}")
         if client is None:
             require("openai", "OpenAIChatRunner")  # fail at construction, not in the first agent
-        if request_timeout_s is not None and not request_timeout_s > 0:
-            raise ValueError(f"OpenAIChatRunner: request_timeout_s must be > 0, got {request_timeout_s!r}")
-        if not isinstance(max_tokens, int) or max_tokens <= 0:
-            raise ValueError(f"OpenAIChatRunner: max_tokens must be an int > 0, got {max_tokens!r}")
-        if not isinstance(max_retries, int) or max_retries < 0:
-            raise ValueError(f"OpenAIChatRunner: max_retries must be an int >= 0, got {max_retries!r}")
+        seconds(request_timeout_s, "OpenAIChatRunner: request_timeout_s", allow_none=True)
+        int_at_least(max_tokens, 1, "OpenAIChatRunner: max_tokens")
+        int_at_least(max_retries, 0, "OpenAIChatRunner: max_retries")
         self.model = model
         self.base_url = base_url
         self.api_key = api_key

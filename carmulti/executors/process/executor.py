@@ -39,6 +39,10 @@ if TYPE_CHECKING:
 
 __all__ = ["ProcessExecutor"]
 
+
+def _seconds(value: Any, what: str) -> float:
+    return float(V.seconds(value, what))
+
 log = logging.getLogger("carmulti.executors.process")
 
 
@@ -128,18 +132,18 @@ class ProcessExecutor:
             workers=V.int_at_least(os.cpu_count() or 1 if workers is None else workers, 1, what + "workers"),
             start_method=start_method,
             max_restarts=V.int_at_least(max_restarts, 0, what + "max_restarts"),
-            restart_period_s=V.seconds(restart_period_s, what + "restart_period_s"),
-            cancel_grace_s=V.seconds(cancel_grace_s, what + "cancel_grace_s"),
+            restart_period_s=_seconds(restart_period_s, what + "restart_period_s"),
+            cancel_grace_s=_seconds(cancel_grace_s, what + "cancel_grace_s"),
             batch_size=V.int_at_least(batch_size, 1, what + "batch_size"),
             max_inflight_per_worker=V.int_at_least(max_inflight_per_worker, 1, what + "max_inflight_per_worker"),
             hwm=V.int_at_least(hwm, 1, what + "hwm"),
-            startup_timeout_s=V.seconds(startup_timeout_s, what + "startup_timeout_s"),
-            shutdown_timeout_s=V.seconds(shutdown_timeout_s, what + "shutdown_timeout_s"),
-            rpc_timeout_s=V.seconds(rpc_timeout_s, what + "rpc_timeout_s"),
+            startup_timeout_s=_seconds(startup_timeout_s, what + "startup_timeout_s"),
+            shutdown_timeout_s=_seconds(shutdown_timeout_s, what + "shutdown_timeout_s"),
+            rpc_timeout_s=_seconds(rpc_timeout_s, what + "rpc_timeout_s"),
             max_frame_bytes=V.int_at_least(max_frame_bytes, 1, what + "max_frame_bytes"),
             gc_freeze=bool(gc_freeze),
             idempotent_retries=V.int_at_least(idempotent_retries, 0, what + "idempotent_retries"),
-            heartbeat_timeout_s=V.seconds(heartbeat_timeout_s, what + "heartbeat_timeout_s"),
+            heartbeat_timeout_s=_seconds(heartbeat_timeout_s, what + "heartbeat_timeout_s"),
         )
         self.workers = self.config.workers
         self.start_method = start_method

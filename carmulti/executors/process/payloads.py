@@ -95,7 +95,7 @@ def apply_writes(state: Any, writes: list[list[Any]]) -> None:
 
 def encode_value(v: Any) -> Any:
     """Messages as tagged objects (``{"$msg": ...}``, ``{"$amsg": ...}``); everything else as JSON."""
-    from ...pool import AgentMessage  # moves to mailbox (issue 9)
+    from ...mailbox import AgentMessage
 
     if isinstance(v, Message):
         return {"$msg": v.to_dict()}
@@ -110,7 +110,7 @@ def decode_value(v: Any) -> Any:
         if "$msg" in v:
             return Message.from_dict(v["$msg"])
         if "$amsg" in v:
-            from ...pool import AgentMessage  # moves to mailbox (issue 9)
+            from ...mailbox import AgentMessage
 
             d = v["$amsg"]
             return AgentMessage(d["from_id"], d["to"], d["content"])

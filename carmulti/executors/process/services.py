@@ -68,7 +68,7 @@ class Services:
         Raises:
             TypeError: ``mb`` is not a ``Mailbox`` or an ``AgentPool`` mailbox.
         """
-        from ...pool import PooledMailbox  # moves to mailbox (issue 9)
+        from ...mailbox import PooledMailbox
 
         if isinstance(mb, Mailbox):
             oid = self.pin(mb)

@@ -336,7 +336,7 @@ class WorkerProcess:
         elif mb["kind"] == "mailbox":
             mailbox = RemoteMailbox(self, jid, mb["object"], mb["buffer_size"])
         else:
-            from ...pool import PooledMailbox  # moves to mailbox (issue 9)
+            from ...mailbox import PooledMailbox
 
             mailbox = PooledMailbox(mb["agent_id"], RemoteInbox(self, jid, mb["inbox"], str(mb["agent_id"]),
                                                                 mb["capacity"]), RemoteRouter(self, jid, mb["router"]))
