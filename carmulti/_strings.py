@@ -1,4 +1,4 @@
-"""Every user-visible string of the patterns, in one place.
+"""Every contract string of carmulti, in one place: the patterns' texts and the agent-run errors.
 
 The ones marked [V] are verbatim from the Rust crate (car-multi 0.26
 ``patterns/swarm.rs`` and ``patterns/delegator.rs``); the others are this
@@ -52,7 +52,7 @@ VOTE_SYNTH_TASK = (
     "No answer has a majority. Reply with the single best answer."
 )
 
-# -- agent runs (every executor; API.md "Infrastructure") ------------------------
+# -- agent runs (every executor; the API contract, "Infrastructure") -------------
 TIMEOUT = "timeout after {timeout}s"
 RUNNER_CANCELLED = JOIN_ERROR.format(details="CancelledError raised by the runner")
 INVALID_OUTPUT = "invalid output from runner: {problem}"

@@ -1,5 +1,9 @@
 """Shared infrastructure of one coordination group (car-multi ``shared``).
 
+:class:`SharedInfra` is the coordination: it owns the state store, the event
+log, the policies, the budget, the agent timeout and the executor. Executors
+see it only through the narrow ``carmulti.executors.Coordination`` protocol.
+
 All agents run against one :class:`SharedInfra` see the same state store, write
 to the same event log, are checked by the same policies and charge the same
 budget; each agent gets its own :class:`~carmulti.Runtime` (own tools, executor

@@ -27,7 +27,7 @@ from ._validate import int_at_least
 from .errors import PoolAtCapacity
 from .executors.base import AgentJob
 from .lifecycle import conclude, failed_output, reserve, run_one
-from .mailbox import AgentId, AgentMessage, MessageRouter, PooledMailbox
+from .mailbox import AgentId, MessageRouter, PooledMailbox
 from .runner import check_runner
 from .types import AgentOutput, AgentSpec
 
@@ -35,9 +35,7 @@ if TYPE_CHECKING:
     from .infra import SharedInfra
     from .runner import AgentRunner
 
-#: ``AgentId``, ``AgentMessage``, ``MessageRouter`` and ``PooledMailbox`` live in
-#: :mod:`carmulti.mailbox`; they are re-exported here for older imports.
-__all__ = ["AgentId", "AgentMessage", "AgentPool", "MessageRouter", "PooledMailbox"]
+__all__ = ["AgentPool"]
 
 
 class AgentPool:

@@ -101,7 +101,7 @@ def test_package_docs_point_at_files_and_sections_that_exist() -> None:
                if p.suffix in (".py", ".pyi", ".pyx", ".pxd")]
     for src in sources:
         text = src.read_text()
-        for name in re.findall(r"\b([\w.-]+\.md)\b", text):
+        for name in re.findall(r"\b([\w./-]+\.md)\b", text):
             assert (ROOT / name).is_file(), f"{src.relative_to(ROOT)} refers to {name}, which is not in the project"
         for section in re.findall(r'README(?:\.md)?[^\n]{0,20}?section ["`]+([^"`]+)["`]+', text):
             assert f"\n## {section}\n" in README, f"{src.relative_to(ROOT)} refers to README section {section!r}"
