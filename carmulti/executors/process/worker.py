@@ -31,6 +31,7 @@ from typing import Any
 import orjson
 import zmq
 
+from ... import _strings as S
 from ...errors import ToolError, WireProtocolError
 from ...isolation import AgentContext
 from ...mailbox import Mailbox
@@ -356,7 +357,8 @@ class WorkerProcess:
             self._end(job)  # the coordinator cancelled it, or we are stopping: no result is owed
             raise
         except BaseException as exc:  # noqa: BLE001 - KeyboardInterrupt raised by a runner: fail this agent only
-            run = AgentRun(None, f"join error: {type(exc).__name__}: {exc}", (time.perf_counter() - job.t0) * 1000.0)
+            run = AgentRun(None, S.JOIN_ERROR.format(details=f"{type(exc).__name__}: {exc}"),
+                           (time.perf_counter() - job.t0) * 1000.0)
         self._end(job)
         self._result(job.id, run, job.view.ops or None)
         if job.stuck:  # the runner ignored its timeout's cancellation: report, then ask to be killed
