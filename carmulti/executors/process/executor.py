@@ -31,8 +31,9 @@ from .records import Batch, PendingJob, ProcessConfig, RunState, WorkerHandle
 from .scheduling import Scheduler
 from .services import Services
 from .shipping import ShippedCache
-from .supervision import WorkerSupervisor, sweep_stale_dirs
-from .transport import Transport
+from .launching import Launcher, MultiprocessLauncher
+from .supervision import WorkerSupervisor
+from .transport import Transport, sweep_stale_dirs
 
 if TYPE_CHECKING:
     from ...runner import AgentRunner
@@ -161,12 +162,24 @@ class ProcessExecutor:
         self._state = state = RunState()
         self._pending: dict[int, PendingJob] = {}
         self._shipped = ShippedCache()
-        self._transport = transport = Transport(c, state, lookup=self._lookup, dispatch=self._on_frames,
-                                                flush=self._flush, after_results=self._after_results)
-        self._workers = WorkerSupervisor(c, state, transport, self, on_ready=self._after_results,
-                                         on_lost=self._on_worker_lost, on_give_up=self._on_give_up)
+        self._transport = transport = self._transport_type(c, state, lookup=self._lookup, dispatch=self._on_frames,
+                                                           flush=self._flush, after_results=self._after_results)
+        self._workers = WorkerSupervisor(c, state, transport, self._launcher(), self, on_ready=self._after_results,
+                                         on_lost=self._on_worker_lost, on_give_up=self._on_give_up,
+                                         worker_options=self._worker_options())
         self._services = Services(c, state, transport, self._shipped, self._pending)
         self._jobs = Scheduler(c, state, transport, self._workers, self._services, self._shipped, self._pending)
+
+    #: The coordinator's socket (``ipc://`` here; ``RayExecutor``: TCP).
+    _transport_type: type[Transport] = Transport
+
+    def _launcher(self) -> Launcher:
+        """Who starts the workers (a subclass runs them elsewhere: see ``RayExecutor``)."""
+        return MultiprocessLauncher(self.config.start_method)
+
+    def _worker_options(self) -> dict[str, Any]:
+        """Extra settings every worker gets (none here; ``RayExecutor``: where budgets live)."""
+        return {}
 
     # -- wiring -----------------------------------------------------------------------------------------------------
     def _lookup(self, ident: bytes) -> WorkerHandle | None:
@@ -223,8 +236,13 @@ class ProcessExecutor:
             return getattr(config, name)
         raise AttributeError(f"'ProcessExecutor' object has no attribute {name!r}")
 
+    @property
+    def label(self) -> str:
+        """How warnings name this executor: ``ProcessExecutor(workers=2)``."""
+        return f"{type(self).__name__}(workers={self.workers})"
+
     def __repr__(self) -> str:
-        return (f"<ProcessExecutor workers={self.workers} start_method={self.start_method!r} "
+        return (f"<{type(self).__name__} workers={self.workers} start_method={self.start_method!r} "
                 f"running={self.running} pids={self.pids}>")
 
     # -- lifecycle --------------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ..base import AgentJob, AgentRun, Coordination
+    from .launching import WorkerProcessHandle
     from .shipping import Shipped
 
 __all__ = ["Batch", "PendingJob", "ProcessConfig", "RunState", "WorkerHandle"]
@@ -57,12 +58,13 @@ class RunState:
 class WorkerHandle:
     """The coordinator's record of one worker process (slot ``index``, generation ``gen``)."""
 
-    def __init__(self, index: int, gen: int, proc: Any) -> None:
+    def __init__(self, index: int, gen: int, proc: "WorkerProcessHandle", nonce: str) -> None:
         self.index = index
         self.gen = gen
         self.ident = f"w{index}.{gen}".encode()
         self.proc = proc
-        self.pid: int | None = proc.pid  # the pid we spawned: never one taken from the wire
+        self.nonce = nonce  # its hello must echo it
+        self.pid: int | None = proc.pid  # the pid we spawned (a remote worker's: from its checked hello)
         self.ready = False
         self.ready_fut: asyncio.Future[None] | None = None
         self.dead = False
@@ -80,7 +82,6 @@ class WorkerHandle:
         self.ping_n = 0
         self.pong_n = 0
         self.rejected = 0
-        self.watching_exit = False
         self.last_seen = time.monotonic()
 
 

@@ -12,7 +12,9 @@ flushing once per loop iteration, and counting/logging rejected frames
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -23,7 +25,7 @@ import zmq
 from . import wire
 from .records import ProcessConfig, RunState, WorkerHandle
 
-__all__ = ["Transport"]
+__all__ = ["DIR_PREFIX", "Transport", "sweep_stale_dirs"]
 
 log = logging.getLogger("carmulti.executors.process")
 
@@ -115,6 +117,10 @@ class Transport:
         if self.dir is not None:
             shutil.rmtree(self.dir, ignore_errors=True)
             self.dir = None
+
+    def client_options(self) -> dict[str, Any]:
+        """What a worker needs, beside the endpoint, to connect (nothing for ``ipc://``)."""
+        return {}
 
     # -- sending ----------------------------------------------------------------------------------------------------
     def schedule_flush(self) -> None:
@@ -213,3 +219,45 @@ class Transport:
             src = f"worker {w.pid}" if w is not None else "a peer"
             log.warning("ProcessExecutor rejected a frame from %s (%d rejected so far; logging the first 3 and "
                         "every 1000th): %s", src, n, why)
+
+
+def sweep_stale_dirs() -> list[str]:
+    """Remove ``ipc://`` directories left by coordinators that died without cleaning up (e.g. kill -9).
+
+    A directory is stale when its ``coordinator`` socket refuses connections
+    (nobody listens), or when it has no socket and is more than a minute old.
+
+    Returns:
+        The directories removed.
+    """
+    tmp = tempfile.gettempdir()
+    removed: list[str] = []
+    try:
+        names = [n for n in os.listdir(tmp) if n.startswith(DIR_PREFIX)]
+    except OSError:
+        return removed
+    for n in names:
+        d = os.path.join(tmp, n)
+        sock_path = os.path.join(d, "coordinator")
+        stale = False
+        try:
+            if os.path.exists(sock_path):
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                try:
+                    s.connect(sock_path)
+                except ConnectionRefusedError:
+                    stale = True
+                except OSError:
+                    stale = False
+                finally:
+                    s.close()
+            else:
+                stale = time.time() - os.stat(d).st_mtime > 60
+        except OSError:
+            continue
+        if stale:
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d)
+    if removed:
+        log.info("ProcessExecutor removed stale ipc directories: %s", removed)
+    return removed

@@ -34,7 +34,7 @@ Kinds, coordinator → worker:
 
 Kinds, worker → coordinator:
 
-* ``hello``   ``{"t", "pid", "index", "gen"}`` (checked against the spawned process).
+* ``hello``   ``{"t", "pid", "index", "gen", "nonce"}`` (the nonce the supervisor gave this spawn).
 * ``batch``   ``{"t", "events"?: [[infra, [event]]], "requests"?: [request],
   "results"?: [result]}``; result = ``{"id", "output": output | null, "error": str |
   null, "duration_ms", "writes"?: [write]}``; output: see :func:`~.payloads.output_to_wire`;
@@ -469,6 +469,7 @@ def _check_request(q: Any, path: str) -> None:
 def _v_hello(b: dict[str, Any], blob: bool) -> None:
     for key in ("pid", "index", "gen"):
         _int(b, key, "$")
+    _str(b, "nonce", "$")
 
 
 def _v_batch(b: dict[str, Any], blob: bool) -> None:

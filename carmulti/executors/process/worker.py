@@ -186,7 +186,8 @@ class WorkerProcess:
             parent_fd = None
         if parent_fd is not None:
             loop.add_reader(parent_fd, self._parent_died)
-        self._send(wire.encode({"t": "hello", "pid": os.getpid(), "index": self.index, "gen": self.gen}))
+        self._send(wire.encode({"t": "hello", "pid": os.getpid(), "index": self.index, "gen": self.gen,
+                                "nonce": self.cfg["nonce"]}))
         if self.cfg.get("gc_freeze", True):
             gc.collect()
             gc.freeze()  # start-up objects (modules, classes) are never scanned again
