@@ -45,7 +45,7 @@ from .errors import (
     WireProtocolError,
     WorkerPoolGaveUp,
 )
-from .executors import IDEMPOTENT_METADATA_KEY, LocalExecutor, ProcessExecutor
+from .executors import IDEMPOTENT_METADATA_KEY, LocalExecutor, ProcessExecutor, RayExecutor
 from .infra import SharedInfra
 from .isolation import AgentContext, TaskScope
 from .mailbox import AgentId, AgentMessage, Inbox, Mailbox, MessageRouter, PooledMailbox
@@ -128,6 +128,7 @@ __all__ = [
     "Precondition",
     "ProcessExecutor",
     "ProposalResult",
+    "RayExecutor",
     "Runtime",
     "SharedInfra",
     "Supervisor",

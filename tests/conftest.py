@@ -38,23 +38,72 @@ def _shm_entries() -> set[str]:
     return out
 
 
+#: Pids of the session Ray cluster's own processes (GCS, raylets, ...): they and every process
+#: they start (Ray's worker pool) live for the session, not for a test; RayExecutor's own
+#: actors are checked by its tests (no actor alive after aclose).
+RAY_ROOTS: set[int] = set()
+
+
 def _children() -> set[int]:
-    """Descendant pids, except multiprocessing's resource tracker: one per
-    interpreter, started on first use and kept until exit by design (it is what
-    unlinks named semaphores if we crash), so it is not a per-test leak."""
+    """Descendant pids, except multiprocessing's resource tracker (one per interpreter, started
+    on first use and kept until exit by design: it unlinks named semaphores if we crash) and the
+    session Ray cluster's process tree: neither is a per-test leak."""
     out = set()
     try:
         kids = psutil.Process().children(recursive=True)
     except psutil.Error:  # pragma: no cover
         return out
+    parent = {}
+    for p in kids:
+        try:
+            parent[p.pid] = p.ppid()
+        except psutil.Error:
+            continue
     for p in kids:
         try:
             if "resource_tracker" in " ".join(p.cmdline()):
                 continue
         except psutil.Error:
             continue
-        out.add(p.pid)
+        pid, under_ray = p.pid, False
+        while pid in parent:
+            if pid in RAY_ROOTS:
+                under_ray = True
+                break
+            pid = parent[pid]
+        if not under_ray:
+            out.add(p.pid)
     return out
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One Ray cluster for the session: a head and two worker nodes (``num_cpus=1`` each; custom
+    resources ``node0``..``node2`` name them), failure detection within a few seconds.
+
+    ``ray.shutdown()`` runs before ``cluster.shutdown()``; a bare ``ray.init()`` is never used.
+    """
+    import ray
+    from ray.cluster_utils import Cluster
+
+    before = {p.pid for p in psutil.Process().children()}
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 1, "resources": {"node0": 1},
+        "_system_config": {"health_check_initial_delay_ms": 0, "health_check_period_ms": 500,
+                           "health_check_failure_threshold": 4},
+    })
+    try:
+        for i in (1, 2):
+            cluster.add_node(num_cpus=1, resources={f"node{i}": 1})
+        cluster.wait_for_nodes()
+        RAY_ROOTS.update(p.pid for p in psutil.Process().children() if p.pid not in before)
+        ray.init(address=cluster.address, include_dashboard=False, log_to_driver=False)
+        RAY_ROOTS.update(p.pid for p in psutil.Process().children() if p.pid not in before)
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+        RAY_ROOTS.clear()
 
 
 def _threads() -> set[int]:

@@ -2,6 +2,7 @@
 
 * :class:`LocalExecutor` -- coroutines on the caller's event loop (the default).
 * :class:`ProcessExecutor` -- a pool of worker processes connected by ZeroMQ.
+* :class:`RayExecutor` -- the same workers as async Ray actors across a cluster (extra ``ray``).
 
 For executor authors: the seam (:class:`AgentJob`, :class:`AgentRun`,
 :class:`Coordination`, :class:`Executor`) and the one agent run every executor
@@ -14,6 +15,7 @@ from .agent_run import AgentEnvironment, run_agent
 from .base import IDEMPOTENT_METADATA_KEY, AgentJob, AgentRun, Coordination, Executor
 from .local import LocalExecutor
 from .process import ProcessExecutor
+from .ray import RayExecutor
 
 __all__ = ["IDEMPOTENT_METADATA_KEY", "AgentEnvironment", "AgentJob", "AgentRun", "Coordination", "Executor",
-           "LocalExecutor", "ProcessExecutor", "run_agent"]
+           "LocalExecutor", "ProcessExecutor", "RayExecutor", "run_agent"]

@@ -16,7 +16,7 @@ import pytest
 import pytest_asyncio
 from hypothesis import HealthCheck, settings
 
-from carmulti import LocalExecutor, ProcessExecutor, SharedInfra
+from carmulti import LocalExecutor, ProcessExecutor, RayExecutor, SharedInfra
 
 settings.register_profile(
     "carmulti",
@@ -25,14 +25,16 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 
-EXECUTOR_PARAMS = ["local", "process"]
+EXECUTOR_PARAMS = ["local", "process", "ray"]
 
 
-def _make_executor(kind: str) -> Any:
+def _make_executor(kind: str, cluster: Any = None) -> Any:
     if kind == "local":
         return LocalExecutor()
     if kind == "process":
         return ProcessExecutor(workers=2)
+    if kind == "ray":
+        return RayExecutor(address=cluster.address)
     raise ValueError(f"unknown executor kind {kind!r}")
 
 
@@ -44,12 +46,13 @@ class InfraFactory:
         made: Every infra built, closed at teardown.
     """
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, cluster: Any = None) -> None:
         self.kind = kind
+        self.cluster = cluster
         self.made: list[SharedInfra] = []
 
     def __call__(self, **kwargs: Any) -> SharedInfra:
-        infra = SharedInfra(executor=_make_executor(self.kind), **kwargs)
+        infra = SharedInfra(executor=_make_executor(self.kind, self.cluster), **kwargs)
         self.made.append(infra)
         return infra
 
@@ -60,7 +63,8 @@ class InfraFactory:
 
 @pytest_asyncio.fixture(params=EXECUTOR_PARAMS, ids=EXECUTOR_PARAMS)
 async def make_infra(request: pytest.FixtureRequest):
-    factory = InfraFactory(request.param)
+    cluster = request.getfixturevalue("ray_cluster") if request.param == "ray" else None
+    factory = InfraFactory(request.param, cluster)
     try:
         yield factory
     finally:

@@ -30,7 +30,7 @@ ROOT_NAMES = [
     "IDEMPOTENT_METADATA_KEY", "Inbox", "LocalExecutor", "LogCorruptedError", "Mailbox", "MailboxFull",
     "MailboxSend", "MailboxTimeout", "MapReduce", "MapReduceResult", "MaxRoundsExceeded", "MergeConflictError",
     "Message", "MessageRouter", "MultiError", "NoOutput", "Pipeline", "PipelineResult", "PolicyEngine",
-    "PolicyViolation", "PoolAtCapacity", "PooledMailbox", "Precondition", "ProcessExecutor", "ProposalResult",
+    "PolicyViolation", "PoolAtCapacity", "PooledMailbox", "Precondition", "ProcessExecutor", "ProposalResult", "RayExecutor",
     "Runtime", "SharedInfra", "Supervisor", "SupervisorResult", "Swarm", "SwarmMode", "SwarmResult", "TaskScope",
     "TokenAccounting", "ToolError", "ToolExecutor", "UnknownSpecialist", "Vote", "VoteResult",
     "WORKSPACE_METADATA_KEY", "WireProtocolError", "WorkerPoolGaveUp", "WorkspaceConfig", "WorkspaceError",
@@ -39,7 +39,7 @@ ROOT_NAMES = [
 
 
 EXECUTOR_NAMES = ["IDEMPOTENT_METADATA_KEY", "AgentEnvironment", "AgentJob", "AgentRun", "Coordination", "Executor",
-                  "LocalExecutor", "ProcessExecutor", "run_agent"]
+                  "LocalExecutor", "ProcessExecutor", "RayExecutor", "run_agent"]
 
 
 def test_root_exports_exactly_the_written_list():

@@ -126,8 +126,11 @@ def is_message(v: Any) -> bool:
 
 def encode_error(exc: BaseException) -> dict[str, Any]:
     """An exception as ``{"type", "msg", "args"}`` (mailbox errors keep their constructor args)."""
-    from ...errors import MailboxFull, MailboxSend, MailboxTimeout
+    from ...errors import BudgetError, MailboxFull, MailboxSend, MailboxTimeout
 
+    if isinstance(exc, BudgetError):
+        return {"type": "BudgetError", "msg": str(exc),
+                "args": [exc.kind, {"reason": exc.reason, "started": exc.started, "max_agents": exc.max_agents}]}
     if isinstance(exc, MailboxFull):
         return {"type": "MailboxFull", "msg": str(exc), "args": [exc.to, exc.capacity, exc.timeout_s]}
     if isinstance(exc, MailboxSend):
@@ -142,12 +145,14 @@ _PLAIN = {"TypeError": TypeError, "ValueError": ValueError, "RuntimeError": Runt
 
 def decode_error(err: dict[str, Any]) -> BaseException:
     """Inverse of :func:`encode_error` (unknown types become ``ToolError("{type}: {msg}")``)."""
-    from ...errors import MailboxFull, MailboxSend, MailboxTimeout, ToolError, WireProtocolError
+    from ...errors import BudgetError, MailboxFull, MailboxSend, MailboxTimeout, ToolError, WireProtocolError
 
     t = err.get("type")
     args = err.get("args") or []
     msg = err.get("msg", "")
     try:
+        if t == "BudgetError":
+            return BudgetError(args[0], **args[1])
         if t == "MailboxFull":
             return MailboxFull(*args)
         if t == "MailboxSend":

@@ -23,7 +23,8 @@ import orjson
 from ...types import Message
 from .payloads import FRAME_OVERHEAD, decode_value, encode_value, too_big
 
-__all__ = ["EventSink", "RemoteInbox", "RemoteMailbox", "RemoteRouter", "RemoteTools", "StateView", "WorkerLink"]
+__all__ = ["EventSink", "RemoteBudget", "RemoteInbox", "RemoteMailbox", "RemoteRouter", "RemoteTools", "StateView",
+           "WorkerLink"]
 
 #: Same validation as carcore's StateStore/EventLog: datetimes and dataclasses are refused.
 _STRICT_JSON = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
@@ -198,6 +199,61 @@ class EventSink:
             buf = w.out_events[self._i] = []
         buf.append(rec)
         w.schedule_flush()
+
+
+# -- the budget, when the worker cannot map the coordinator's shared memory -----------------------------------
+
+class RemoteBudget:
+    """A coordination's :class:`~carmulti.CoordinationBudget` seen from a worker on another machine.
+
+    Every call is a synchronous request to the coordinator, which applies it to
+    the one shared-memory budget there: the cap on agents, tokens and dollars
+    holds exactly across nodes (the coordinator's loop serialises the checks).
+
+    Args:
+        w: The worker.
+        coordination_id: The coordination's id on the wire.
+        limits: Its :class:`~carmulti.BudgetLimits` (read locally).
+    """
+
+    __slots__ = ("_w", "_i", "limits")
+
+    def __init__(self, w: "WorkerLink", coordination_id: int, limits: Any) -> None:
+        self._w = w
+        self._i = coordination_id
+        self.limits = limits
+
+    def _call(self, method: str, *args: Any) -> Any:
+        return self._w.rpc({"op": "budget", "infra": self._i, "method": method, "args": list(args)})
+
+    def begin_agent(self) -> None:
+        """Reserve one agent slot (raises ``BudgetError`` like the coordinator's budget)."""
+        self._call("begin_agent")
+
+    def record(self, tokens: Any) -> None:
+        """Add one agent's reported spend."""
+        if tokens is not None:
+            self._call("record", [tokens.input_tokens, tokens.output_tokens, tokens.cost_usd])
+
+    def record_output(self, output: Any) -> None:
+        """``record(output.tokens)``."""
+        self.record(output.tokens)
+
+    def snapshot(self) -> Any:
+        """The coordinator's current totals (a :class:`~carmulti.BudgetSnapshot`)."""
+        from ...budget import BudgetSnapshot
+
+        d = self._call("snapshot")
+        return BudgetSnapshot(d["input_tokens"], d["output_tokens"], d["total_tokens"], d["cost_usd"],
+                              d["agents_started"], self.limits, d["exhausted"])
+
+    @property
+    def exhausted(self) -> bool:
+        """A spend limit is crossed (one request to the coordinator)."""
+        return bool(self._call("exhausted"))
+
+    def close(self) -> None:
+        """Nothing to release: the budget lives in the coordinator."""
 
 
 # -- proxies for coordinator-side objects ----------------------------------------------------

@@ -65,6 +65,7 @@ class Scheduler:
         self.services = services
         self.shipped = shipped
         self.pending = pending
+        self.remote_budget = False  # workers on other machines: ship budget limits, serve budget calls
         self.queue: collections.deque[PendingJob] = collections.deque()
         self._next_id = 1
 
@@ -187,7 +188,8 @@ class Scheduler:
                 if p.coordination_entry is not last_coord:
                     e = last_coord = p.coordination_entry
                     if e.cid not in w.infras:
-                        w.setup.append(wire.encode({"t": "infra", "id": e.cid}, e.pickle(limit)))
+                        w.setup.append(wire.encode({"t": "infra", "id": e.cid},
+                                                   e.pickle(limit, remote_budget=self.remote_budget)))
                         w.infras.add(e.cid)
                     to = p.coordination.agent_timeout_s
                 mb = job.mailbox

@@ -184,6 +184,8 @@ class Services:
         try:
             if op == "call":
                 ok = self._sync_call(body)
+            elif op == "budget":
+                ok = self._budget_call(body)
             else:
                 e = self.shipped.by_id.get(body["infra"])
                 coordination = e.coordination() if e is not None else None
@@ -210,6 +212,28 @@ class Services:
             data = orjson.dumps({"t": "rret", "rid": rid, "err": {"type": "ValueError", "msg": too_big(
                 what, len(data), limit)}})
         self.transport.send_to_identity(ident, [wire.VERSION, data])
+
+    def _budget_call(self, body: dict[str, Any]) -> Any:
+        """A remote worker's budget call, applied to the coordination's one budget (see ``proxies.RemoteBudget``)."""
+        e = self.shipped.by_id.get(body["infra"])
+        coordination = e.coordination() if e is not None else None
+        if coordination is None:
+            raise RuntimeError(f"unknown coordination {body['infra']}")
+        budget = coordination.budget
+        m = body["method"]
+        if m == "begin_agent":
+            budget.begin_agent()
+            return None
+        if m == "record":
+            from ...types import TokenAccounting
+
+            budget.record(TokenAccounting(*body["args"][0]))
+            return None
+        if m == "snapshot":
+            return budget.snapshot().to_dict()
+        if m == "exhausted":
+            return budget.exhausted
+        raise RuntimeError(f"budget call {m!r} not allowed")
 
     def _sync_call(self, body: dict[str, Any]) -> Any:
         p = self.pending.get(body["job"])

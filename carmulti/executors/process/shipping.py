@@ -103,15 +103,21 @@ class Shipped:
         """The coordination, while it is alive."""
         return self.ref() if self.ref is not None else None
 
-    def pickle(self, limit: int) -> bytes:
+    def pickle(self, limit: int, *, remote_budget: bool = False) -> bytes:
         """The pickle to ship (made once).
+
+        Args:
+            limit: ``max_frame_bytes``.
+            remote_budget: Ship the budget's limits only (a worker on another machine
+                cannot map its shared memory; it calls the coordinator instead).
 
         Raises:
             ValueError: it exceeds ``limit`` bytes (``max_frame_bytes``).
             TypeError, pickle.PicklingError: something in it cannot be pickled.
         """
         if self.blob is None:
-            self.blob = dumps(self.obj) if self.obj is not None else dumps((self.budget, self.policies))
+            budget = self.budget.limits if remote_budget and self.budget is not None else self.budget
+            self.blob = dumps(self.obj) if self.obj is not None else dumps((budget, self.policies))
         if len(self.blob) > limit:
             what = "the runner" if self.obj is not None else "the coordination's budget and policies"
             raise ValueError(too_big(f"{what} pickled with dill", len(self.blob), limit))

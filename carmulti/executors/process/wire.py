@@ -41,8 +41,9 @@ Kinds, worker → coordinator:
   write = ``["s", key, value, writer]`` or ``["d", key, writer]``; request =
   ``{"rid", "op": "tool", "job", "tool", "params"}`` | ``{"rid", "op": "call", "job",
   "object", "method", "args", "kwargs"?}`` | ``{"rid", "op": "cancel", "target"}``.
-* ``rpc``     ``{"t", "rid", "op": "get"|"exists"|"keys"|"call", "infra"?, "key"?,
-  "job"?, "object"?, "method"?, "args"?}`` (synchronous, on the worker's second DEALER).
+* ``rpc``     ``{"t", "rid", "op": "get"|"exists"|"keys"|"call"|"budget", "infra"?, "key"?,
+  "job"?, "object"?, "method"?, "args"?}`` (synchronous, on the worker's second DEALER;
+  ``budget``: a remote worker's budget call, see ``proxies.RemoteBudget``).
 * ``pong``    ``{"t", "n", "rejected", "unknown"?: [id]}`` (``unknown``: the asked jobs
   the worker neither runs nor owes: their results were lost); ``stuck`` ``{"t", "job"}``;
   ``nack``    ``{"t", "err", "jobs"?: [id]}`` (the worker rejected a frame; ``jobs`` it carried).
@@ -511,8 +512,12 @@ def _v_rpc(b: dict[str, Any], blob: bool) -> None:
         _int(b, "object", "$")
         _str(b, "method", "$")
         _list(b, "args", "$")
+    elif op == "budget":
+        _int(b, "infra", "$")
+        _str(b, "method", "$")
+        _list(b, "args", "$")
     else:
-        _fail("$.op", f"unknown rpc op {op!r} (expected 'get', 'exists', 'keys' or 'call')")
+        _fail("$.op", f"unknown rpc op {op!r} (expected 'get', 'exists', 'keys', 'call' or 'budget')")
 
 
 def _v_pong(b: dict[str, Any], blob: bool) -> None:

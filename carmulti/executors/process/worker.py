@@ -41,7 +41,7 @@ from ..base import AgentJob, AgentRun
 from . import wire
 from .payloads import (FRAME_OVERHEAD, OUTPUT_FIELDS, decode_error, decode_value, encode_value, escape_strings,
                        find_unserializable, is_message, output_to_wire, pack_frames, too_big)
-from .proxies import EventSink, RemoteInbox, RemoteMailbox, RemoteRouter, RemoteTools, StateView
+from .proxies import EventSink, RemoteBudget, RemoteInbox, RemoteMailbox, RemoteRouter, RemoteTools, StateView
 
 __all__ = ["main"]
 
@@ -56,7 +56,16 @@ def main(cfg: dict[str, Any]) -> None:
     uvloop.run(WorkerProcess(cfg).main())
 
 
-def _heartbeat(ctx: Any, ident: bytes, endpoint: str, interval_s: float, stop: threading.Event) -> None:
+def secure(sock: Any, curve: dict[str, str] | None) -> None:
+    """Make ``sock`` a CURVE client of the coordinator (TCP transports), when keys were given."""
+    if curve:
+        sock.curve_serverkey = curve["server_public"].encode()
+        sock.curve_publickey = curve["public"].encode()
+        sock.curve_secretkey = curve["secret"].encode()
+
+
+def _heartbeat(ctx: Any, ident: bytes, endpoint: str, interval_s: float, stop: threading.Event,
+               curve: dict[str, str] | None = None) -> None:
     """Thread: tell the coordinator every ``interval_s`` that this process is alive.
 
     A thread, not a loop callback: a runner busy in Python code (or in C code
@@ -69,6 +78,7 @@ def _heartbeat(ctx: Any, ident: bytes, endpoint: str, interval_s: float, stop: t
         sock.setsockopt(zmq.IDENTITY, ident)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, 4)
+        secure(sock, curve)
         sock.connect(endpoint)
         frame = wire.encode({"t": "hb"})
         while True:
@@ -163,16 +173,19 @@ class WorkerProcess:
         sock.setsockopt(zmq.RCVHWM, self.cfg["hwm"])
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, maxmsg)
+        curve = self.cfg.get("curve")
+        secure(sock, curve)
         sock.connect(endpoint)
         rsock = self.rsock = ctx.socket(zmq.DEALER)
         rsock.setsockopt(zmq.IDENTITY, ident + b"/r")
         rsock.setsockopt(zmq.LINGER, 0)
         rsock.setsockopt(zmq.MAXMSGSIZE, maxmsg)
+        secure(rsock, curve)
         rsock.connect(endpoint)
         self.stopped: asyncio.Future[None] = loop.create_future()
         beat_stop = threading.Event()
         beat = threading.Thread(target=_heartbeat, args=(ctx, ident + b"/h", endpoint,
-                                                         float(self.cfg["heartbeat_interval_s"]), beat_stop),
+                                                         float(self.cfg["heartbeat_interval_s"]), beat_stop, curve),
                                 name="carmulti-heartbeat", daemon=True)
         beat.start()
         loop.add_reader(sock.FD, self._on_readable)
@@ -274,6 +287,8 @@ class WorkerProcess:
                 self.runners[cid] = obj
             else:
                 budget, policies = obj
+                if self.cfg.get("remote_budget"):  # the budget lives in the coordinator (another machine)
+                    budget = RemoteBudget(self, cid, budget)
                 self.coordinations[cid] = WorkerCoordination(budget, policies, EventSink(self, cid))
         elif t == "cancel":
             for jid in body["jobs"]:
