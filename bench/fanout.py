@@ -5,7 +5,10 @@ of the same runner coroutine on uvloop. ``--executor process``: carmulti's
 ``ProcessExecutor`` vs a stdlib ``concurrent.futures.ProcessPoolExecutor`` with
 the same worker count and one future per agent (``loop.run_in_executor``), and
 vs raw pyzmq DEALER/ROUTER pipelined round trips with the per-agent frame size
-(the transport's ceiling for one message per agent). ``--peers`` adds LangGraph
+(the transport's ceiling for one message per agent). ``--executor ray``:
+carmulti's ``RayExecutor`` on a local Ray vs one Ray task per agent and
+``ray.util.ActorPool`` on the same Ray; ``--nodes N`` runs it on a local
+``Cluster`` of 1..N nodes and reports agents/s per node count. ``--peers`` adds LangGraph
 (``Send`` fan-out into an ``operator.add`` reducer) for local and Ray (one task
 per agent, ``num_cpus=2``) for process, when ``pip install '.[bench-peers]'``
 is installed.
@@ -32,7 +35,7 @@ from typing import Any, Callable
 import orjson
 
 import carmulti
-from carmulti import AgentSpec, LocalExecutor, MapReduce, ProcessExecutor, SharedInfra, Swarm
+from carmulti import AgentSpec, LocalExecutor, MapReduce, ProcessExecutor, RayExecutor, SharedInfra, Swarm
 
 from ._report import Report, Row, add_common_arguments, median, progress, repeats
 
@@ -102,10 +105,19 @@ def _noop() -> None:
     pass
 
 
-async def _ours(n: int, *, executor: str, workers: int, batch_size: int, lo: float, hi: float,
-                concurrency: int | None, repeat: int, warmup: int, tick: Callable[[], None] = _noop) -> list[float]:
+def _executor(executor: str, workers: int | None, batch_size: int, ray_address: str | None) -> Any:
+    if executor == "process":
+        return ProcessExecutor(workers=workers, batch_size=batch_size)
+    if executor == "ray":
+        return RayExecutor(address=ray_address, workers=workers, batch_size=batch_size)
+    return LocalExecutor()
+
+
+async def _ours(n: int, *, executor: str, workers: int | None, batch_size: int, lo: float, hi: float,
+                concurrency: int | None, repeat: int, warmup: int, tick: Callable[[], None] = _noop,
+                ray_address: str | None = None) -> list[float]:
     """agents/s of each measured run (a warm-up first ships the runner to the workers); ``tick()`` after each."""
-    ex: Any = ProcessExecutor(workers=workers, batch_size=batch_size) if executor == "process" else LocalExecutor()
+    ex = _executor(executor, workers, batch_size, ray_address)
     runner = _runner(lo, hi)
     rates = []
     all_specs = [AgentSpec(f"a_{i}") for i in range(n)]  # built outside the timed region, as for the baselines
@@ -279,7 +291,10 @@ def _register_points() -> None:
 
 # -- CLI --------------------------------------------------------------------------------------
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--executor", choices=("local", "process"), default="local", help="where carmulti runs the agents (default local)")
+    p.add_argument("--executor", choices=("local", "process", "ray"), default="local",
+                   help="where carmulti runs the agents (default local)")
+    p.add_argument("--nodes", type=int, default=0,
+                   help="with --executor ray: a local Ray Cluster of 1..N nodes, agents/s per node count")
     p.add_argument("--agents", type=int, default=100_000, help="agents per run (default 100000)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="worker processes (ours and the pool baseline; default: cpu count)")
     p.add_argument("--latency", type=parse_latency, default=(0.0, 0.0), metavar="LO[..HI]",
@@ -317,6 +332,8 @@ def main(args: argparse.Namespace) -> int:
             base = carmulti.run(_gather(n, lo, hi, conc, args.repeat, tick))
         report.add(Row(label, median(ours), "agents/s", median(base), "asyncio.gather (+Semaphore)", ours, base))
         return report.finish(args.json, args.check)
+    if args.executor == "ray":
+        return _main_ray(args, report, label)
     if args.executor == "local":
         with progress("fanout", "bare asyncio.gather", args.repeat) as tick:
             base = carmulti.run(_gather(n, 0, 0, conc, args.repeat, tick))
@@ -359,4 +376,43 @@ def main(args: argparse.Namespace) -> int:
         plot.plot_sweep(rows, args.plot)
         report.extra["sweep"] = rows
         print(f"wrote {args.plot}")
+    return report.finish(args.json, args.check)
+
+
+def _main_ray(args: argparse.Namespace, report: Report, label: str) -> int:
+    """``--executor ray``: ours on a local Ray (or a Cluster of 1..N nodes), beside Ray's own fan-outs."""
+    from . import ray_bench
+
+    n, lo, hi, conc = args.agents, args.latency[0], args.latency[1], args.concurrency
+    counts = list(range(1, args.nodes + 1)) if args.nodes else [0]
+    for k in counts:
+        address = ray_bench.ray_up(k)
+        try:
+            where = f"{label}, {k} node{'s' if k > 1 else ''}" if k else label
+            with progress("fanout", where, args.repeat) as tick:
+                ours = carmulti.run(_ours(n, executor="ray", workers=None if k else args.workers,
+                                          batch_size=args.batch_size, lo=lo, hi=hi, concurrency=conc,
+                                          repeat=args.repeat, warmup=args.warmup, tick=tick, ray_address=address))
+            if hi > 0:
+                total = sum(agent_latency(i, lo, hi) for i in range(n))
+                ideal = total / min(conc or n, n)
+                walls = [n / r for r in ours]
+                report.add(Row(f"{where}: wall / ideal (sum latency / concurrency)", median(walls) / ideal, "x",
+                               runs=[w / ideal for w in walls], note=f"ideal {ideal:.2f} s",
+                               max_value=args.max_wall_ratio))
+                continue
+            if k != counts[-1]:
+                report.add(Row(where, median(ours), "agents/s", runs=ours))
+                continue
+            with progress("fanout", "Ray tasks, one per agent", args.repeat) as tick:
+                tasks = ray_bench.ray_tasks(n, args.repeat, tick)
+            report.add(Row(where, median(ours), "agents/s", median(tasks), "Ray tasks, one per agent (num_cpus=1)",
+                           ours, tasks, target=20.0))
+            actors = args.workers if not k else k
+            with progress("fanout", f"ray.util.ActorPool({actors})", args.repeat) as tick:
+                pool = ray_bench.ray_actor_pool(n, actors, args.repeat, tick)
+            report.add(Row(where, median(ours), "agents/s", median(pool), f"ray.util.ActorPool({actors} actors)",
+                           ours, pool))
+        finally:
+            ray_bench.ray_down()
     return report.finish(args.json, args.check)

@@ -175,8 +175,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--root", default=None, help="directory to scan instead of the stdlib")
     p.add_argument("--limit", type=int, default=None, help="only the first N files (smoke runs)")
     p.add_argument("--concurrency", type=int, default=64, help="mappers running at once (default 64)")
-    p.add_argument("--executor", choices=("local", "process"), default="local", help="where mappers run (default local)")
-    p.add_argument("--workers", type=int, default=2, help="worker processes for --executor process (default 2)")
+    p.add_argument("--executor", choices=("local", "process", "ray"), default="local",
+                   help="where mappers run (default local; ray: RayExecutor on a local Ray)")
+    p.add_argument("--workers", type=int, default=2, help="worker processes / actors for process and ray (default 2)")
     p.add_argument("--max-seconds", type=float, default=60.0, metavar="S",
                    help="target: the MapReduce takes at most S seconds (default 60)")
     add_check_argument(p)
@@ -188,11 +189,21 @@ def main(args: argparse.Namespace) -> int:
         files = files[: args.limit]
     print(f"stdlib MapReduce: {len(files)} files under {args.root or sysconfig.get_paths()['stdlib']}, "
           f"concurrency {args.concurrency}, executor {args.executor}"
-          + (f" ({args.workers} workers)" if args.executor == "process" else ""))
-    executor = carmulti.ProcessExecutor(workers=args.workers) if args.executor == "process" else None
-    with progress("stdlib", f"MapReduce over {len(files):,} files, executor {args.executor}", 1) as done:
-        totals, elapsed = carmulti.run(run_mapreduce(files, max_concurrent=args.concurrency, executor=executor))
-        done()
+          + (f" ({args.workers} workers)" if args.executor != "local" else ""))
+    executor: Any = None
+    if args.executor == "process":
+        executor = carmulti.ProcessExecutor(workers=args.workers)
+    elif args.executor == "ray":
+        from . import ray_bench
+
+        executor = carmulti.RayExecutor(address=ray_bench.ray_up(), workers=args.workers)
+    try:
+        with progress("stdlib", f"MapReduce over {len(files):,} files, executor {args.executor}", 1) as done:
+            totals, elapsed = carmulti.run(run_mapreduce(files, max_concurrent=args.concurrency, executor=executor))
+            done()
+    finally:
+        if args.executor == "ray":
+            ray_bench.ray_down()
     agents = len(files) + 1
     print(f"agents      {agents}  (mappers {len(files)} + reducer 1)")
     print(f"elapsed     {elapsed:.2f} s")
