@@ -17,7 +17,7 @@ from ...types import AgentOutput, Message, TokenAccounting
 
 __all__ = ["FRAME_OVERHEAD", "OUTPUT_FIELDS", "SURROGATE_TAG", "apply_writes", "decode_error", "decode_value",
            "encode_error", "encode_value", "escape_strings", "find_unserializable", "output_from_wire",
-           "output_to_wire", "pack_frames", "too_big"]
+           "output_to_wire", "pack_frames", "split_batch", "too_big"]
 
 # -- outputs -------------------------------------------------------------------------------------------------------
 
@@ -224,3 +224,73 @@ def too_big(what: str, size: int, limit: int) -> str:
     """The error text for a payload that cannot travel in one frame."""
     return (f"{what} is {size} bytes on the wire, which exceeds max_frame_bytes={limit}: pass large data "
             f"through files (or in pieces), or raise ProcessExecutor(max_frame_bytes=...)")
+
+
+def split_batch(body: dict[str, Any], limit: int, fail_request: Any) -> list[bytes]:
+    """Encode a worker's batch item by item: fail what cannot be sent, pack the rest into frames by bytes.
+
+    Used when the batch as one frame is refused by orjson or exceeds ``limit``.
+    Events go first, then requests, then results: the coordinator handles them
+    in that order, so an agent's events still precede its result. A request
+    that cannot be sent fails through ``fail_request(rid, why)``; a result that
+    cannot be sent becomes an error result for that agent alone.
+    """
+    item_max = limit - FRAME_OVERHEAD
+    frames: list[bytes] = []
+    for i, recs in body.get("events", ()):
+        parts = []
+        for rec in recs:
+            try:
+                b = orjson.dumps(rec)
+            except TypeError as exc:  # validated at append, so only a value mutated since
+                b = orjson.dumps(dict(rec, data=f"<unserializable event data: {exc}>"))
+            if len(b) > item_max:
+                b = orjson.dumps(dict(rec, data=f"<event data dropped: {too_big('it', len(b), limit)}>"))
+            parts.append(b)
+        frames += pack_frames(b'{"t":"batch","events":[[%d,[' % i, b"]]]}", parts, limit)
+    parts = []
+    for q in body.get("requests", ()):
+        try:
+            b = orjson.dumps(q)
+            problem = None if len(b) <= item_max else too_big("the request", len(b), limit)
+        except TypeError:
+            bad = find_unserializable(q.get("params", q.get("args")), "$.params") or ("$", "not JSON-serializable")
+            problem = f"SerializationError: request cannot be sent to the coordinator: {bad[0]}: {bad[1]}"
+        if problem is None:
+            parts.append(b)
+        else:
+            fail_request(q["rid"], problem)
+    frames += pack_frames(b'{"t":"batch","requests":[', b"]}", parts, limit)
+    parts = [_encode_result(r, limit) for r in body.get("results", ())]
+    frames += pack_frames(b'{"t":"batch","results":[', b"]}", parts, limit)
+    return frames
+
+
+def _encode_result(r: dict[str, Any], limit: int) -> bytes:
+    """One result as JSON that fits a frame; else an error result for that agent alone."""
+    item_max = limit - FRAME_OVERHEAD
+    out = r.get("output")
+    try:
+        b = orjson.dumps(r)
+    except TypeError:
+        try:  # a str JSON cannot carry (lone surrogates): tag it
+            b = orjson.dumps(dict(r, output=escape_strings(out))) if out is not None else orjson.dumps(r)
+        except TypeError:
+            named = dict(zip(OUTPUT_FIELDS, out or ()))
+            bad = find_unserializable(named, "$.output") or ("$.output", "not JSON-serializable")
+            r = {"id": r["id"], "output": None, "duration_ms": r["duration_ms"], "writes": r.get("writes"),
+                 "error": f"SerializationError: agent '{named.get('name', '?')}' returned an output that cannot be "
+                          f"sent to the coordinator: {bad[0]}: {bad[1]}"}
+            b = orjson.dumps(r)
+    if len(b) <= item_max:
+        return b
+    what = f"the result of agent '{out[0]}'" if out else "the agent's result"
+    writes = r.get("writes")
+    if writes:
+        what += f" (with {len(writes)} state writes)"
+    fail = {"id": r["id"], "output": None, "error": too_big(what, len(b), limit), "duration_ms": r["duration_ms"]}
+    if writes:
+        with_writes = orjson.dumps(dict(fail, writes=writes))
+        if len(with_writes) <= item_max:
+            return with_writes
+    return orjson.dumps(fail)

@@ -39,8 +39,7 @@ from ...types import AgentSpec
 from ..agent_run import AgentEnvironment, exception_text, run_agent
 from ..base import AgentJob, AgentRun
 from . import wire
-from .payloads import (FRAME_OVERHEAD, OUTPUT_FIELDS, decode_error, decode_value, encode_value, escape_strings,
-                       find_unserializable, is_message, output_to_wire, pack_frames, too_big)
+from .payloads import decode_error, decode_value, encode_value, is_message, output_to_wire, split_batch
 from .proxies import EventSink, RemoteBudget, RemoteInbox, RemoteMailbox, RemoteRouter, RemoteTools, StateView
 
 __all__ = ["main"]
@@ -523,71 +522,12 @@ class WorkerProcess:
                 self._send([wire.VERSION, frame])
 
     def _split(self, body: dict[str, Any]) -> list[bytes]:
-        """Encode a batch item by item: fail what cannot be sent, and pack the rest into frames by bytes.
+        return split_batch(body, self.max_frame_bytes, self._fail_request)
 
-        Events go first, then requests, then results: the coordinator handles
-        them in that order, so an agent's events still precede its result.
-        """
-        limit = self.max_frame_bytes
-        item_max = limit - FRAME_OVERHEAD
-        frames: list[bytes] = []
-        for i, recs in body.get("events", ()):
-            parts = []
-            for rec in recs:
-                try:
-                    b = orjson.dumps(rec)
-                except TypeError as exc:  # validated at append, so only a value mutated since
-                    b = orjson.dumps(dict(rec, data=f"<unserializable event data: {exc}>"))
-                if len(b) > item_max:
-                    b = orjson.dumps(dict(rec, data=f"<event data dropped: {too_big('it', len(b), limit)}>"))
-                parts.append(b)
-            frames += pack_frames(b'{"t":"batch","events":[[%d,[' % i, b"]]]}", parts, limit)
-        parts = []
-        for q in body.get("requests", ()):
-            try:
-                b = orjson.dumps(q)
-                problem = None if len(b) <= item_max else too_big("the request", len(b), limit)
-            except TypeError:
-                bad = find_unserializable(q.get("params", q.get("args")), "$.params") or ("$", "not JSON-serializable")
-                problem = f"SerializationError: request cannot be sent to the coordinator: {bad[0]}: {bad[1]}"
-            if problem is None:
-                parts.append(b)
-                continue
-            fut = self.pending.pop(q["rid"], None)
-            if fut is not None and not fut.done():
-                fut.set_exception(ToolError(problem))
-        frames += pack_frames(b'{"t":"batch","requests":[', b"]}", parts, limit)
-        parts = [self._encode_result(r, item_max) for r in body.get("results", ())]
-        frames += pack_frames(b'{"t":"batch","results":[', b"]}", parts, limit)
-        return frames
-
-    def _encode_result(self, r: dict[str, Any], item_max: int) -> bytes:
-        """One result as JSON that fits a frame; else an error result for that agent alone."""
-        out = r.get("output")
-        try:
-            b = orjson.dumps(r)
-        except TypeError:
-            try:  # a str JSON cannot carry (lone surrogates): tag it
-                b = orjson.dumps(dict(r, output=escape_strings(out))) if out is not None else orjson.dumps(r)
-            except TypeError:
-                named = dict(zip(OUTPUT_FIELDS, out or ()))
-                bad = find_unserializable(named, "$.output") or ("$.output", "not JSON-serializable")
-                r = wire.encode_result(r["id"], None, f"SerializationError: agent '{named.get('name', '?')}' returned "
-                                       f"an output that cannot be sent to the coordinator: {bad[0]}: {bad[1]}",
-                                       r["duration_ms"], r.get("writes"))
-                b = orjson.dumps(r)
-        if len(b) <= item_max:
-            return b
-        what = f"the result of agent '{out[0]}'" if out else "the agent's result"
-        writes = r.get("writes")
-        if writes:
-            what += f" (with {len(writes)} state writes)"
-        fail = wire.encode_result(r["id"], None, too_big(what, len(b), self.max_frame_bytes), r["duration_ms"], None)
-        if writes:
-            with_writes = orjson.dumps(dict(fail, writes=writes))
-            if len(with_writes) <= item_max:
-                return with_writes
-        return orjson.dumps(fail)
+    def _fail_request(self, rid: int, problem: str) -> None:
+        fut = self.pending.pop(rid, None)
+        if fut is not None and not fut.done():
+            fut.set_exception(ToolError(problem))
 
     def _send(self, frames: list[bytes]) -> None:
         if self.backlog:
