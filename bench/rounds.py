@@ -1,9 +1,10 @@
-"""Round trips of the iterative patterns: Pipeline, Supervisor and debate Swarm.
+"""Round trips of the iterative patterns: Pipeline, Supervisor, debate Swarm and a Tournament of 8.
 
 Each pattern runs a zero-latency runner many times; the baseline performs the
 same runner calls with the same shape (sequential awaits for a pipeline, one
-``asyncio.gather`` per round for supervisor workers and debate rounds) with no
-engine in between. Figures are coordinations per second.
+``asyncio.gather`` per round for supervisor workers and debate rounds, one
+``gather`` of the 8 competitors then the 7 judge calls one after another for
+the tournament) with no engine in between. Figures are coordinations per second.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ import time
 from typing import Any
 
 import carmulti
-from carmulti import AgentOutput, AgentSpec, Pipeline, SharedInfra, Supervisor, Swarm, SwarmMode
+from carmulti import AgentOutput, AgentSpec, Pipeline, SharedInfra, Supervisor, Swarm, SwarmMode, Tournament
 
 from ._report import Report, Row, add_common_arguments, median, repeats
 
+#: Competitors of the tournament row (7 matches: 4 + 2 + 1).
+TOURNAMENT_SIZE = 8
 
 class InstantRunner:
     """Answers at once; a supervisor never approves (so every round runs)."""
@@ -34,6 +37,8 @@ async def _ours(kind: str, n: int, width: int) -> float:
             pat: Any = Pipeline(specs)
         elif kind == "supervisor":
             pat = Supervisor(specs, AgentSpec("boss"), max_rounds=3)
+        elif kind == "tournament":
+            pat = Tournament([AgentSpec(f"c{i}") for i in range(TOURNAMENT_SIZE)], AgentSpec("judge"))
         else:
             pat = Swarm(specs, SwarmMode.DEBATE)
         t0 = time.perf_counter()
@@ -46,6 +51,8 @@ async def _baseline(kind: str, n: int, width: int) -> float:
     runner = InstantRunner()
     specs = [AgentSpec(f"a{i}") for i in range(width)]
     boss = AgentSpec("boss")
+    competitors = [AgentSpec(f"c{i}") for i in range(TOURNAMENT_SIZE)]
+    judge = AgentSpec("judge")
     t0 = time.perf_counter()
     for _ in range(n):
         if kind == "pipeline":
@@ -55,6 +62,10 @@ async def _baseline(kind: str, n: int, width: int) -> float:
             for _r in range(3):
                 await asyncio.gather(*[runner.run(s, "task", None, None) for s in specs])
                 await runner.run(boss, "task", None, None)
+        elif kind == "tournament":
+            await asyncio.gather(*[runner.run(s, "task", None, None) for s in competitors])
+            for _m in range(TOURNAMENT_SIZE - 1):
+                await runner.run(judge, "task", None, None)
         else:
             for _r in range(2):
                 await asyncio.gather(*[runner.run(s, "task", None, None) for s in specs])
@@ -70,7 +81,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     report = Report("rounds", {"n": args.n, "width": args.width, "repeat": args.repeat})
     for kind, label in (("pipeline", f"Pipeline of {args.width}"), ("supervisor", f"Supervisor {args.width} workers x 3 rounds"),
-                        ("debate", f"debate Swarm of {args.width}")):
+                        ("debate", f"debate Swarm of {args.width}"),
+                        ("tournament", f"Tournament of {TOURNAMENT_SIZE}")):
         for _ in range(args.warmup):
             carmulti.run(_ours(kind, max(1, args.n // 10), args.width))
         ours = repeats("rounds", f"{label}, carmulti", args.repeat, lambda: carmulti.run(_ours(kind, args.n, args.width)))

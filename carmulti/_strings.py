@@ -52,6 +52,82 @@ VOTE_SYNTH_TASK = (
     "No answer has a majority. Reply with the single best answer."
 )
 
+# -- tournament (patterns/tournament.rs; [U] judge prompt: newer-patterns spec A.1 recommendation) --
+JUDGE_TASK = (
+    "You are judging two candidate answers to the same task. Pick the better one.\n\n"
+    "Task:\n{task}\n\n"
+    "Candidate A ({name_a}):\n{answer_a}\n\n"
+    "Candidate B ({name_b}):\n{answer_b}\n\n"
+    "Respond with a JSON object:\n"
+    "```json\n"
+    "{{\n"
+    "  \"winner\": \"A|B\",\n"
+    "  \"rationale\": \"why the winner is better\"\n"
+    "}}\n"
+    "```"
+)
+
+# -- adversarial review [V prompt, A.3; 2-space JSON indentation and the synthetic criteria are [U]] --
+REVIEW_CRITERION_LINE = "{n}. {criterion}"
+REVIEW_TASK = (
+    "You are an adversarial reviewer. Your job is to find problems.\n\n"
+    "## Acceptance Criteria\n{criteria}\n\n"
+    "## Work Output to Review\n{work}\n\n"
+    "## Instructions\n"
+    "Evaluate the work output against EACH acceptance criterion above.\n"
+    "For each criterion, determine if it PASSES or FAILS. Provide specific evidence\n"
+    "(file paths, line numbers, code snippets, or direct quotes from the output).\n\n"
+    "Be strict. If a criterion is ambiguous, assume it should be fully met.\n"
+    "Flag anything suspicious as a \"blocker\" or \"major\" finding.\n\n"
+    "Respond with a JSON object:\n"
+    "```json\n"
+    "{{\n"
+    "  \"passed\": true/false,\n"
+    "  \"findings\": [\n"
+    "    {{\n"
+    "      \"criterion\": \"criterion text\",\n"
+    "      \"passed\": true/false,\n"
+    "      \"evidence\": \"specific evidence with file:line references\",\n"
+    "      \"severity\": \"blocker|major|minor|info\"\n"
+    "    }}\n"
+    "  ]\n"
+    "}}\n"
+    "```"
+)
+SEVERITY_BLOCKER = "blocker"
+SEVERITY_INCONCLUSIVE = "inconclusive"  # [V] (0.27+)
+INCONCLUSIVE_EVIDENCE_CAP = 1024  # [V] characters of the raw reply kept as evidence
+UNPARSEABLE_CRITERION = "(unparseable reviewer response)"  # [U] recommended text
+REVIEWER_FAILED_CRITERION = "(reviewer did not answer)"  # port's choice: failed or budget-denied reviewer
+
+# -- advisor [V first lines, A.4; the evidence section is the spec's [U] recommendation] --
+ADVISOR_TASK = (
+    "You are an advisor. The executor remains in control of the loop.\n\n"
+    "Return exactly one verdict as JSON:\n"
+    "```json\n"
+    "{{\n"
+    "  \"verdict\": \"continue|plan|correction|stop|uncertain\",\n"
+    "  \"rationale\": \"text when verdict is continue\",\n"
+    "  \"guidance\": \"text when verdict is plan or correction\",\n"
+    "  \"reason\": \"text when verdict is stop or uncertain\"\n"
+    "}}\n"
+    "```\n\n"
+    "Evidence:\n{task}"
+)
+ADVISOR_MALFORMED = "malformed or incomplete advisor response"  # port's choice
+ADVISOR_FAILED = "advisor failed: {err}"  # port's choice
+
+# -- spawn_subtask [V constants, A.5; error strings and names: the spec's recommendations] --
+SPAWN_SUBTASK_TOOL = "spawn_subtask"
+DEFAULT_SUBAGENT_PROMPT = ("You are a focused sub-agent. Complete the single task you are given using only the tools "
+                           "provided, then return a concise result.")
+DEFAULT_SUBAGENT_MAX_TURNS = 10
+SUBAGENT_NAME = "{main}.sub{n}"
+NEED_TASK = "spawn_subtask requires 'task' parameter"
+NEED_TOOL_LIST = "spawn_subtask 'tools' must be a list of tool names"
+TOOLS_NOT_GRANTED = "tools not granted: {tools}"
+SUBAGENT_FAILED = "sub-agent '{name}' failed: {err}"
+
 # -- agent runs (every executor; the API contract, "Infrastructure") -------------
 TIMEOUT = "timeout after {timeout}s"
 RUNNER_CANCELLED = JOIN_ERROR.format(details="CancelledError raised by the runner")

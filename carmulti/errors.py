@@ -188,19 +188,22 @@ class AdvisorExhausted(MultiError):
 class BudgetError(MultiError):
     """Why the coordination budget refused to start an agent.
 
-    Two kinds, told apart by ``kind``:
+    Three kinds, told apart by ``kind``:
 
     * ``"exhausted"``: a token or cost limit was already crossed; text
       ``budget exhausted: {reason}``.
     * ``"agent_limit"``: starting another agent would exceed ``max_agents``;
       text ``agent limit reached: {started}/{max}``.
+    * ``"turn_ceiling"``: the coordination's agents have used
+      ``SharedInfra(max_turns=N)`` turns; text ``turn ceiling {N} reached``.
 
     Attributes:
-        kind: ``"exhausted"`` or ``"agent_limit"``.
+        kind: ``"exhausted"``, ``"agent_limit"`` or ``"turn_ceiling"``.
         reason: The crossed limit (``exhausted`` only), e.g.
             ``total tokens 200 >= limit 150``.
         started: Agents started when refused (``agent_limit`` only).
         max_agents: The cap (``agent_limit`` only).
+        max_turns: The ceiling (``turn_ceiling`` only).
         snapshot: The ``BudgetSnapshot`` at refusal time.
     """
 
@@ -211,19 +214,23 @@ class BudgetError(MultiError):
         reason: str = "",
         started: int = 0,
         max_agents: int = 0,
+        max_turns: int = 0,
         snapshot: Any = None,
     ) -> None:
         self.kind = kind
         self.reason = reason
         self.started = started
         self.max_agents = max_agents
+        self.max_turns = max_turns
         self.snapshot = snapshot
         if kind == "exhausted":
             text = f"budget exhausted: {reason}"
         elif kind == "agent_limit":
             text = f"agent limit reached: {started}/{max_agents}"
+        elif kind == "turn_ceiling":
+            text = f"turn ceiling {max_turns} reached"
         else:  # pragma: no cover - programming error
-            raise ValueError(f"BudgetError kind must be 'exhausted' or 'agent_limit', got {kind!r}")
+            raise ValueError(f"BudgetError kind must be 'exhausted', 'agent_limit' or 'turn_ceiling', got {kind!r}")
         super().__init__(text)
 
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from carcore import EventLog, StateStore
 
-from ._validate import seconds
+from ._validate import int_at_least, seconds
 from .budget import BudgetLimits, CoordinationBudget
 from .isolation import AgentContext
 from .policy import PolicyEngine
@@ -43,9 +43,22 @@ class SharedInfra:
         log: Use this event log instead of a fresh in-memory ``carcore.EventLog``
             (pass ``EventLog(path)`` for a durable journal).
         policies: Use this policy engine instead of a fresh one.
+        max_turns: Run ceiling: once the coordination's agents have used this
+            many turns in total (``AgentOutput.turns`` of every agent whose
+            output was recorded, summed), no new agent starts; a refused agent is
+            a budget-skipped output with ``error == f"budget skipped: turn
+            ceiling {max_turns} reached"`` (a load-bearing agent raises
+            ``BudgetExhausted``). ``None``: no ceiling. Agents already running
+            finish, so the total may end above the ceiling by their turns (like
+            the spend limits of ``budget``).
+
+    Attributes:
+        max_turns: The run ceiling, or ``None``.
+        turns_used: Turns recorded so far (read-only).
 
     Raises:
-        ValueError: ``agent_timeout_s`` is not a finite number of seconds > 0 (nor None).
+        ValueError: ``agent_timeout_s`` is not a finite number of seconds > 0 (nor None);
+            ``max_turns`` is not an int >= 0 (nor None; a bool never is).
         TypeError: ``budget`` is not a ``BudgetLimits``.
 
     Usage::
@@ -53,12 +66,16 @@ class SharedInfra:
         infra = SharedInfra()                                            # in-process
         infra = SharedInfra(budget=BudgetLimits(max_agents=100))         # capped
         async with SharedInfra(executor=ProcessExecutor(workers=2)) as infra: ...
+        infra = SharedInfra(max_turns=200)                               # at most ~200 turns in the run
     """
 
     def __init__(self, *, budget: BudgetLimits | None = None, executor: "Executor | None" = None,
                  agent_timeout_s: float | None = None, state: StateStore | None = None,
-                 log: EventLog | None = None, policies: PolicyEngine | None = None) -> None:
+                 log: EventLog | None = None, policies: PolicyEngine | None = None,
+                 max_turns: int | None = None) -> None:
         seconds(agent_timeout_s, "SharedInfra agent_timeout_s", allow_none=True)
+        self.max_turns: int | None = int_at_least(max_turns, 0, "SharedInfra max_turns", allow_none=True)
+        self._turns_used = 0
         if budget is not None and not isinstance(budget, BudgetLimits):
             raise TypeError(f"SharedInfra(budget=...) takes a BudgetLimits, got {type(budget).__name__}")
         self.state: StateStore = state if state is not None else StateStore()
@@ -130,8 +147,18 @@ class SharedInfra:
         self.budget.begin_agent()
 
     def record_output(self, output: AgentOutput) -> None:
-        """Add ``output.tokens`` (if any) to the budget."""
+        """Add ``output.tokens`` (if any) to the budget and ``output.turns`` to :attr:`turns_used`.
+
+        The patterns call it once per agent output they accept (``carmulti.lifecycle``),
+        in the coordinator, whichever executor ran the agent.
+        """
         self.budget.record(output.tokens)
+        self._turns_used += output.turns
+
+    @property
+    def turns_used(self) -> int:
+        """Turns of the agents recorded so far (the count ``max_turns`` is checked against)."""
+        return self._turns_used
 
     # -- lifecycle -------------------------------------------------------------
     async def start(self) -> "SharedInfra":

@@ -1,6 +1,7 @@
 """An agent's life cycle in a coordination, written once for every pattern, ``Delegator`` and ``AgentPool``.
 
-reserve a budget slot (:func:`reserve`) → run it on the coordination's executor
+reserve a budget slot (:func:`reserve`: the run's turn ceiling, then the
+budget; :func:`admit` is the gate itself) → run it on the coordination's executor
 (:func:`run_one`, :func:`run_many`) → conclude (:func:`conclude`): on success
 merge its isolated overlay, record its spend and write ``agent.{name}.answer``
 (:func:`publish`); on failure discard the overlay and build the failure output.
@@ -28,8 +29,8 @@ if TYPE_CHECKING:
     from .infra import SharedInfra
     from .runner import AgentRunner
 
-__all__ = ["conclude", "failed_output", "publish", "reserve", "run_finalizer", "run_load_bearing", "run_many",
-           "run_one", "shared_mailbox", "workspace_failed_output"]
+__all__ = ["admit", "conclude", "failed_output", "publish", "reserve", "run_finalizer", "run_load_bearing",
+           "run_many", "run_one", "shared_mailbox", "workspace_failed_output"]
 
 
 def failed_output(name: str, error: str, duration_ms: float = 0.0) -> AgentOutput:
@@ -47,23 +48,86 @@ def shared_mailbox() -> Mailbox:
     return Mailbox()
 
 
+def admit(infra: "SharedInfra") -> None:
+    """The one gate before an agent starts: the run's turn ceiling, then a budget slot.
+
+    Raises:
+        BudgetError: ``kind="turn_ceiling"`` when the agents recorded so far have
+            used ``infra.max_turns`` turns (no budget slot is taken), else what
+            ``infra.begin_agent()`` raises (a spend limit or ``max_agents``).
+    """
+    ceiling = infra.max_turns
+    if ceiling is not None and infra.turns_used >= ceiling:
+        raise BudgetError("turn_ceiling", max_turns=ceiling, snapshot=infra.budget.snapshot())
+    infra.begin_agent()
+
+
 def reserve(infra: "SharedInfra", name: str) -> AgentOutput | None:
-    """Reserve a budget slot for agent ``name``: ``None`` if admitted, else its budget-skipped output."""
+    """Admit agent ``name`` (:func:`admit`): ``None`` if admitted, else its budget-skipped output.
+
+    Refused by the turn ceiling: ``error == f"budget skipped: turn ceiling {N} reached"``.
+    """
     try:
-        infra.begin_agent()
+        admit(infra)
     except BudgetError as err:
         return budget_skipped_output(name, err)
     return None
 
 
-async def run_one(infra: "SharedInfra", runner: "AgentRunner", job: AgentJob) -> AgentRun:
-    """Run one admitted agent on the coordination's executor."""
-    return await infra.executor.run_agent(runner, job, infra)
+class _Deadline:
+    """The coordination as an executor sees it, with a shorter ``agent_timeout_s`` (see :func:`run_many`)."""
+
+    __slots__ = ("_infra", "agent_timeout_s", "__weakref__")
+
+    def __init__(self, infra: "SharedInfra", timeout_s: float) -> None:
+        self._infra = infra
+        self.agent_timeout_s = timeout_s
+
+    @property
+    def state(self) -> Any:
+        return self._infra.state
+
+    @property
+    def log(self) -> Any:
+        return self._infra.log
+
+    @property
+    def policies(self) -> Any:
+        return self._infra.policies
+
+    @property
+    def budget(self) -> Any:
+        return self._infra.budget
 
 
-async def run_many(infra: "SharedInfra", runner: "AgentRunner", jobs: Sequence[AgentJob]) -> list[AgentRun]:
-    """Run admitted agents concurrently on the coordination's executor; results in job order."""
-    return await infra.executor.run_batch(runner, jobs, infra)
+def _coordination(infra: "SharedInfra", timeout_s: float | None) -> Any:
+    own = infra.agent_timeout_s
+    if timeout_s is None or (own is not None and own <= timeout_s):
+        return infra
+    return _Deadline(infra, timeout_s)
+
+
+async def run_one(infra: "SharedInfra", runner: "AgentRunner", job: AgentJob, *,
+                  timeout_s: float | None = None) -> AgentRun:
+    """Run one admitted agent on the coordination's executor.
+
+    Args:
+        timeout_s: A bound of the caller's on this run, in seconds (``Fleet``'s
+            ``agent_timeout_s``); the shorter of it and ``infra.agent_timeout_s``
+            applies, with the executor's own timeout handling (cancel, grace,
+            ``timeout after {n}s``).
+    """
+    return await infra.executor.run_agent(runner, job, _coordination(infra, timeout_s))
+
+
+async def run_many(infra: "SharedInfra", runner: "AgentRunner", jobs: Sequence[AgentJob], *,
+                   timeout_s: float | None = None) -> list[AgentRun]:
+    """Run admitted agents concurrently on the coordination's executor; results in job order.
+
+    Args:
+        timeout_s: As for :func:`run_one`, for every job.
+    """
+    return await infra.executor.run_batch(runner, jobs, _coordination(infra, timeout_s))
 
 
 def publish(infra: "SharedInfra", output: AgentOutput, run: AgentRun | None = None, *,
@@ -117,7 +181,7 @@ async def run_load_bearing(infra: "SharedInfra", runner: "AgentRunner", job: Age
         AgentFailed: it failed (``partial`` attached).
     """
     try:
-        infra.begin_agent()
+        admit(infra)
     except BudgetError as err:
         raise BudgetExhausted(str(err)).with_partial(partial) from err
     run = await run_one(infra, runner, job)
@@ -131,7 +195,7 @@ async def run_load_bearing(infra: "SharedInfra", runner: "AgentRunner", job: Age
 async def run_finalizer(infra: "SharedInfra", runner: "AgentRunner", spec: AgentSpec, task: str) -> AgentOutput | None:
     """Run an optional finalizer (synthesizer), without ``spec.tools``: ``None`` when denied or failed."""
     try:
-        infra.begin_agent()
+        admit(infra)
     except BudgetError:
         return None
     run = await run_one(infra, runner, AgentJob(spec, task, register_spec_tools=False))

@@ -7,7 +7,18 @@ parameters against the tool's schema, preconditions, policies), executes it
 read/write on the agent's state view), and records every step in the event
 log. This ports car-engine's ``Runtime`` as car-multi uses it.
 
-Execution order: actions run one after another, in list order (deterministic).
+Execution order: actions start in list order and results come back in list
+order. Independent tool calls of one proposal run side by side (car-engine runs
+a proposal's independent actions concurrently): a *group* is a run of
+consecutive ``tool_call`` actions in which every action after the first has no
+``preconditions`` and no ``state_dependencies`` (it depends on nothing an earlier
+action of the group could change), no action but the last uses
+``FailureBehavior.ABORT`` (an abort can only skip what comes after it, and
+nothing of the group does), and no idempotent call repeats an earlier one of
+the group (the repeat is served from the cache, as before). The group's actions
+are validated in order, then run concurrently; each keeps its own retries,
+timeout and failure behaviour. Everything else (state actions, assertions,
+tool calls that abort, the default) runs one after another as before.
 On a failed action with ``FailureBehavior.ABORT`` the remaining actions are
 skipped and this proposal's state writes are undone, newest first. Only its own
 writes: a key that another agent has written since (its current value is no
@@ -279,25 +290,37 @@ class Runtime:
         return True
 
     async def execute(self, proposal: ActionProposal) -> ProposalResult:
-        """Validate and execute every action of ``proposal``, in order.
+        """Validate and execute every action of ``proposal``: in order, independent tool calls side by side.
 
-        Never raises for a failing action: failures are in the result
-        (``ActionResult.error``). ``asyncio.CancelledError`` propagates.
+        See the module docstring for which tool calls run concurrently. Never
+        raises for a failing action: failures are in the result
+        (``ActionResult.error``). ``asyncio.CancelledError`` propagates (the
+        actions still running are cancelled first).
 
         Returns:
             One :class:`ActionResult` per action, in proposal order.
         """
         pid = proposal.id
-        self._emit("proposal_received", {"source": proposal.source, "actions": len(proposal.actions)}, proposal_id=pid)
+        actions = proposal.actions
+        self._emit("proposal_received", {"source": proposal.source, "actions": len(actions)}, proposal_id=pid)
         results: list[ActionResult] = []
         undo: list[tuple[str, bool, Any, bool, Any]] = []
         aborted_by: str | None = None
-        for action in proposal.actions:
+        i, n = 0, len(actions)
+        while i < n:
+            action = actions[i]
             if aborted_by is not None:
                 results.append(ActionResult(action.id, ActionStatus.SKIPPED,
                                             error=f"skipped: action '{aborted_by}' failed and aborted the proposal"))
                 self._emit("action_skipped", None, action_id=action.id, proposal_id=pid)
+                i += 1
                 continue
+            end = self._group_end(actions, i)
+            if end - i > 1:
+                aborted_by = await self._run_group(actions[i:end], results, undo, pid)
+                i = end
+                continue
+            i += 1
             reason = self._reject_reason(action)
             if reason is not None:
                 results.append(ActionResult(action.id, ActionStatus.REJECTED, error=reason))
@@ -314,6 +337,71 @@ class Runtime:
         self._emit("proposal_completed", {"succeeded": sum(r.status is ActionStatus.SUCCEEDED for r in results),
                                           "actions": len(results)}, proposal_id=pid)
         return ProposalResult(pid, results)
+
+    @staticmethod
+    def _group_end(actions: list[Action], start: int) -> int:
+        """End (exclusive) of the group of independent tool calls starting at ``start`` (see the module docstring)."""
+        first = actions[start]
+        if first.action_type is not ActionType.TOOL_CALL or first.failure_behavior is FailureBehavior.ABORT:
+            return start + 1
+        keys: set[str] = set()
+        if first.idempotent and isinstance(first.parameters, dict):
+            keys.add(_idempotency_key(first))
+        end = start + 1
+        n = len(actions)
+        while end < n:
+            a = actions[end]
+            if a.action_type is not ActionType.TOOL_CALL or a.preconditions or a.state_dependencies:
+                break
+            if a.idempotent and isinstance(a.parameters, dict):
+                key = _idempotency_key(a)
+                if key in keys:
+                    break
+                keys.add(key)
+            end += 1
+            if a.failure_behavior is FailureBehavior.ABORT:
+                break  # it may close the group, never open the way past itself
+        return end
+
+    async def _run_group(self, group: list[Action], results: list[ActionResult],
+                         undo: list[tuple[str, bool, Any, bool, Any]], pid: str) -> str | None:
+        """Validate ``group`` in order, run the admitted actions concurrently; append results in order.
+
+        Returns:
+            The id of the action that aborts the proposal (only the group's last
+            action may), or None.
+        """
+        slots: list[ActionResult | int] = []
+        runnable: list[Action] = []
+        aborted_by: str | None = None
+        for action in group:
+            reason = self._reject_reason(action)
+            if reason is not None:
+                slots.append(ActionResult(action.id, ActionStatus.REJECTED, error=reason))
+                self._emit("action_rejected", {"reason": reason}, action_id=action.id, proposal_id=pid)
+                if action.failure_behavior is FailureBehavior.ABORT:
+                    aborted_by = action.id
+                continue
+            slots.append(len(runnable))
+            runnable.append(action)
+        done: list[ActionResult] = []
+        if len(runnable) == 1:
+            done = [await self._run_action(runnable[0], undo, pid)]
+        elif runnable:
+            tasks = [asyncio.ensure_future(self._run_action(a, undo, pid)) for a in runnable]
+            try:
+                done = list(await asyncio.gather(*tasks))
+            except BaseException:
+                for t in tasks:
+                    t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                raise
+        for action, slot in zip(group, slots):
+            res = slot if isinstance(slot, ActionResult) else done[slot]
+            results.append(res)
+            if res.status is not ActionStatus.SUCCEEDED and action.failure_behavior is FailureBehavior.ABORT:
+                aborted_by = action.id
+        return aborted_by
 
     def _rollback(self, undo: list[tuple[str, bool, Any, bool, Any]], pid: str) -> None:
         state = self.state

@@ -38,6 +38,7 @@ from carmulti import (
         (BudgetError("exhausted", reason="total tokens 200 >= limit 150"),
          "budget exhausted: total tokens 200 >= limit 150"),
         (BudgetError("agent_limit", started=2, max_agents=2), "agent limit reached: 2/2"),
+        (BudgetError("turn_ceiling", max_turns=50), "turn ceiling 50 reached"),
         (PoolAtCapacity(4, 4), "agent pool at capacity (4/4)"),
         (ToolError("tool said no"), "tool said no"),
     ],
@@ -86,6 +87,7 @@ PICKLE_CASES = [
     AgentFailed("a", "b"), MailboxSend("m"), MailboxFull("b", 1, 0.5), MailboxTimeout("x"), UnknownSpecialist("s"),
     NoOutput(), MaxRoundsExceeded(1), BudgetExhausted("x"), AdvisorExhausted(1, 2),
     BudgetError("agent_limit", started=1, max_agents=1), BudgetError("exhausted", reason="r"),
+    BudgetError("turn_ceiling", max_turns=3),
     PoolAtCapacity(1, 2), ToolError("t"),
 ]
 

@@ -15,7 +15,9 @@ API_NAMES = {
     "Mailbox", "Action", "ActionProposal", "ActionType", "ToolExecutor", "ToolError", "Runtime", "PolicyEngine",
     "Swarm", "SwarmMode", "SwarmResult", "Pipeline", "PipelineResult", "Supervisor", "SupervisorResult", "Delegator",
     "DelegatorResult", "DelegationRecord", "MapReduce", "MapReduceResult", "Vote", "VoteResult", "AgentPool",
-    "MessageRouter", "AgentMessage", "PoolAtCapacity", "run",
+    "MessageRouter", "AgentMessage", "PoolAtCapacity", "run", "Tournament", "TournamentResult", "MatchResult", "Fleet",
+    "FleetResult", "AdversarialReview", "AdversarialReviewResult", "ReviewFinding", "Advisor", "AdvisorResult",
+    "AdvisorVerdict", "SpawnSubtask", "SpawnSubtaskResult", "SubtaskRecord", "SPAWN_SUBTASK_TOOL",
 }
 
 
@@ -23,16 +25,19 @@ API_NAMES = {
 #: types, SharedInfra, executors, budgets, errors, runtime actions, mailboxes. Executor authors'
 #: names (AgentJob, AgentRun, Coordination, Executor, run_agent) live in carmulti.executors.
 ROOT_NAMES = [
-    "Action", "ActionProposal", "ActionResult", "ActionStatus", "ActionType", "AdvisorExhausted", "AgentContext",
+    "Action", "ActionProposal", "ActionResult", "ActionStatus", "ActionType", "AdversarialReview",
+    "AdversarialReviewResult", "Advisor", "AdvisorExhausted", "AdvisorResult", "AdvisorVerdict", "AgentContext",
     "AgentFailed", "AgentId", "AgentMessage", "AgentOutput", "AgentPool", "AgentRunner", "AgentSpec",
     "AgentWorkspace", "BudgetError", "BudgetExhausted", "BudgetLimits", "BudgetSnapshot", "CarError",
-    "CoordinationBudget", "DELEGATE_SCHEMA", "DelegationRecord", "Delegator", "DelegatorResult", "FailureBehavior",
-    "IDEMPOTENT_METADATA_KEY", "Inbox", "LocalExecutor", "LogCorruptedError", "Mailbox", "MailboxFull",
-    "MailboxSend", "MailboxTimeout", "MapReduce", "MapReduceResult", "MaxRoundsExceeded", "MergeConflictError",
-    "Message", "MessageRouter", "MultiError", "NoOutput", "Pipeline", "PipelineResult", "PolicyEngine",
-    "PolicyViolation", "PoolAtCapacity", "PooledMailbox", "Precondition", "ProcessExecutor", "ProposalResult", "RayExecutor",
-    "Runtime", "SharedInfra", "Supervisor", "SupervisorResult", "Swarm", "SwarmMode", "SwarmResult", "TaskScope",
-    "TokenAccounting", "ToolError", "ToolExecutor", "UnknownSpecialist", "Vote", "VoteResult",
+    "CoordinationBudget", "DEFAULT_SUBAGENT_PROMPT", "DELEGATE_SCHEMA", "DelegationRecord", "Delegator",
+    "DelegatorResult", "FailureBehavior", "Fleet", "FleetResult", "IDEMPOTENT_METADATA_KEY", "Inbox",
+    "LocalExecutor", "LogCorruptedError", "Mailbox", "MailboxFull", "MailboxSend", "MailboxTimeout", "MapReduce",
+    "MapReduceResult", "MatchResult", "MaxRoundsExceeded", "MergeConflictError", "Message", "MessageRouter",
+    "MultiError", "NoOutput", "Pipeline", "PipelineResult", "PolicyEngine", "PolicyViolation", "PoolAtCapacity",
+    "PooledMailbox", "Precondition", "ProcessExecutor", "ProposalResult", "RayExecutor", "ReviewFinding", "Runtime",
+    "SPAWN_SUBTASK_TOOL", "SharedInfra", "SpawnSubtask", "SpawnSubtaskResult", "SubtaskRecord", "Supervisor",
+    "SupervisorResult", "Swarm", "SwarmMode", "SwarmResult", "TaskScope", "TokenAccounting", "ToolError",
+    "ToolExecutor", "Tournament", "TournamentResult", "UnknownSpecialist", "Vote", "VoteResult",
     "WORKSPACE_METADATA_KEY", "WireProtocolError", "WorkerPoolGaveUp", "WorkspaceConfig", "WorkspaceError",
     "WorkspaceMode", "budget_skipped_output", "is_budget_skipped", "normalize_vote", "run", "truncate",
 ]
