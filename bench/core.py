@@ -17,19 +17,26 @@ import multiprocessing
 import os
 import tempfile
 import time
+from collections.abc import Callable
+from multiprocessing.queues import Queue
+from multiprocessing.sharedctypes import Synchronized
+from multiprocessing.synchronize import Event
+from typing import Any, TypeVar
 
 import orjson
 
 from carcore import BudgetCounters, EventLog, StateStore
 
-from ._report import Report, Row, add_common_arguments, measure, median, repeats
+from ._report import Report, Row, add_common_arguments, median, repeats
 
 
 #: Target for journaled appends (``fsync="batch"``).
 JOURNAL_TARGET_APPENDS_PER_S = 200_000
 
+_A = TypeVar("_A")
 
-def _rate(n: int, fn) -> float:
+
+def _rate(n: int, fn: Callable[[], object]) -> float:
     t0 = time.perf_counter()
     fn()
     return n / (time.perf_counter() - t0)
@@ -103,7 +110,7 @@ def bench_log_memory(n: int) -> tuple[float, float]:
             ap("action_succeeded", {"i": i}, agent="a1")
 
     def base() -> None:
-        lst: list[dict] = []
+        lst: list[dict[str, Any]] = []
         for i in range(n):
             lst.append({"kind": "action_succeeded", "data": {"i": i}, "agent": "a1", "ts_ns": time.time_ns()})
 
@@ -122,7 +129,7 @@ def bench_log_journal(n: int, tmp: str) -> tuple[float, float]:
 
     def base() -> None:
         path = os.path.join(tmp, "base.log")
-        lst: list[dict] = []
+        lst: list[dict[str, Any]] = []
         with open(path, "ab") as f:
             last = time.monotonic()
             for i in range(n):
@@ -140,7 +147,7 @@ def bench_log_journal(n: int, tmp: str) -> tuple[float, float]:
 
 
 # -- budget from 2 processes ---------------------------------------------------------
-def _ours_child(name: str, m: int, cap: int, start, out) -> None:  # pragma: no cover - child process
+def _ours_child(name: str, m: int, cap: int, start: Event, out: Queue[int]) -> None:  # pragma: no cover - child process
     c = BudgetCounters.attach(name)
     start.wait()
     got = 0
@@ -152,7 +159,7 @@ def _ours_child(name: str, m: int, cap: int, start, out) -> None:  # pragma: no 
     out.put(got)
 
 
-def _base_child(v, m: int, cap: int, start, out) -> None:  # pragma: no cover - child process
+def _base_child(v: Synchronized[int], m: int, cap: int, start: Event, out: Queue[int]) -> None:  # pragma: no cover - child process
     start.wait()
     got = 0
     lock = v.get_lock()
@@ -164,10 +171,10 @@ def _base_child(v, m: int, cap: int, start, out) -> None:  # pragma: no cover - 
     out.put(got)
 
 
-def _run_procs(target, first_arg, m: int, procs: int) -> float:
+def _run_procs(target: Callable[[_A, int, int, Event, Queue[int]], None], first_arg: _A, m: int, procs: int) -> float:
     ctx = multiprocessing.get_context("spawn")
     start = ctx.Event()
-    out = ctx.Queue()
+    out: Queue[int] = ctx.Queue()
     cap = m * procs  # every reservation admitted: we time the reservation path itself
     ps = [ctx.Process(target=target, args=(first_arg, m, cap, start, out)) for _ in range(procs)]
     for p in ps:
@@ -189,7 +196,7 @@ def bench_budget_procs(m: int, procs: int = 2) -> tuple[float, float]:
         ours = _run_procs(_ours_child, counters.name, m, procs)
     finally:
         counters.close()
-    v = multiprocessing.get_context("spawn").Value("q", 0)
+    v: Synchronized[int] = multiprocessing.get_context("spawn").Value("q", 0)
     base = _run_procs(_base_child, v, m, procs)
     return ours, base
 
@@ -212,10 +219,8 @@ def main(args: argparse.Namespace) -> int:
     report = Report("core", {"n": n, "budget_ops": args.budget_ops, "repeat": args.repeat})
     rep, wu = args.repeat, args.warmup
 
-    def pairs(fn, label):
-        res: list[tuple[float, float]] = []
-        measure(lambda: res.append(fn()) or 0.0, rep, 0, label, "core")
-        return res
+    def pairs(fn: Callable[[], tuple[float, float]], label: str) -> list[tuple[float, float]]:
+        return repeats("core", label, max(1, rep), fn)
 
     for _ in range(wu):
         bench_state_set(min(n, 20_000))

@@ -96,7 +96,7 @@ class LatencyRunner:
         return "ok"
 
 
-def _runner(lo: float, hi: float) -> Any:
+def _runner(lo: float, hi: float) -> ZeroRunner | LatencyRunner:
     return ZeroRunner() if hi == 0 else LatencyRunner(lo, hi)
 
 

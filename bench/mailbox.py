@@ -17,12 +17,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import carmulti
 from carmulti import AgentOutput, AgentSpec, Mailbox, Message, ProcessExecutor, SharedInfra, Swarm
 
 from ._report import Report, Row, add_common_arguments, median, repeats
+
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
 
 
 class PingPongRunner:
@@ -90,7 +93,7 @@ async def _baseline(n: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def _pipe_child(conn, n: int) -> None:  # pragma: no cover - child process
+def _pipe_child(conn: Connection[int, int], n: int) -> None:  # pragma: no cover - child process
     while True:
         v = conn.recv()
         conn.send(v + 1)

@@ -74,7 +74,7 @@ class FanoutState(TypedDict):
     """The graph's state: N in, the answers out (``operator.add`` concatenates each agent's list)."""
 
     n: int
-    answers: Annotated[list, operator.add]
+    answers: Annotated[list[str], operator.add]
 
 
 class AgentState(TypedDict):
@@ -231,7 +231,7 @@ def _descendants(mentioning: str | None = None) -> set[int]:
         import psutil
     except ImportError:
         return set()
-    out = set()
+    out: set[int] = set()
     try:
         kids = psutil.Process().children(recursive=True)
     except psutil.Error:

@@ -31,7 +31,7 @@ import subprocess
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Coroutine, Iterable
 
 _MARK = "BENCH_POINT "
 ROOT = Path(__file__).resolve().parent.parent  # the checkout: bench/ is not an installed package
@@ -99,7 +99,7 @@ def measure_point(system: str, n: int, *, timeout: float = 600.0, env: dict[str,
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-15:]
         raise RuntimeError(f"{system} at n={n} failed (exit {proc.returncode}):\n" + "\n".join(tail))
-    row = json.loads(lines[-1][len(_MARK):])
+    row: dict[str, Any] = json.loads(lines[-1][len(_MARK):])
     row["system"] = system
     return row
 
@@ -162,8 +162,10 @@ def _child_main(spec: dict[str, Any], n: int) -> None:
         if s.is_async:
             import uvloop
 
-            return uvloop.run(fn(k))
-        return fn(k)
+            async_rate: Callable[[int], Coroutine[Any, Any, float]] = fn  # System.target's contract
+            return uvloop.run(async_rate(k))
+        sync_rate: Callable[[int], float] = fn
+        return sync_rate(k)
 
     try:
         if s.warmup_n:

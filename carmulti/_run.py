@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
-from typing import Any, Awaitable, Coroutine, TypeVar
+from typing import Any, Awaitable, Coroutine, TypeGuard, TypeVar
 
 T = TypeVar("T")
 
@@ -24,7 +24,7 @@ def run(coro: Coroutine[Any, Any, T] | Awaitable[T], *, debug: bool = False) -> 
             and how to fix it (``carmulti.run(main)`` -> call it: ``carmulti.run(main())``).
         RuntimeError: called from inside a running event loop.
     """
-    if not inspect.iscoroutine(coro):
+    if not _is_coroutine(coro):
         if not inspect.isawaitable(coro):
             raise TypeError(_not_awaitable(coro))
         coro = _await(coro)
@@ -37,6 +37,11 @@ def run(coro: Coroutine[Any, Any, T] | Awaitable[T], *, debug: bool = False) -> 
 
 async def _await(aw: Awaitable[T]) -> T:
     return await aw
+
+
+def _is_coroutine(aw: Awaitable[T]) -> TypeGuard[Coroutine[Any, Any, T]]:
+    """``inspect.iscoroutine(aw)``, telling the type checker the result type is still ``T``."""
+    return inspect.iscoroutine(aw)
 
 
 def _is_async_callable(obj: Any) -> bool:

@@ -35,7 +35,7 @@ from a supervisor that failed in round 2) carry the work already done in
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 from carcore.errors import CarError, LogCorruptedError, MergeConflictError
 
@@ -85,7 +85,10 @@ class MultiError(CarError):
         return (_rebuild, (type(self), str(self), dict(self.__dict__)))
 
 
-def _rebuild(cls: type, text: str, state: dict[str, Any]) -> MultiError:
+_E = TypeVar("_E", bound="MultiError")
+
+
+def _rebuild(cls: type[_E], text: str, state: dict[str, Any]) -> _E:
     err = cls.__new__(cls)
     Exception.__init__(err, text)
     err.__dict__.update(state)

@@ -46,6 +46,9 @@ class AgentContext:
             local_state = parent_state.overlay(agent_name)
         self.agent_name = agent_name
         self.parent_state = parent_state
+        # Duck-typed: a carcore.Overlay, or a worker's StateView (same reads and writes, no
+        # merge_to_parent: its writes travel back with the result). The methods below give the
+        # results the types Overlay's stub declares.
         self.local_state = local_state
 
     def get(self, key: str, default: Any = None) -> Any:
@@ -61,11 +64,13 @@ class AgentContext:
         return self.local_state.delete(key, self.agent_name)
 
     def exists(self, key: str) -> bool:
-        return self.local_state.exists(key)
+        found: bool = self.local_state.exists(key)
+        return found
 
     def changes(self) -> tuple[dict[str, Any], list[str]]:
         """Local ``(sets, deletes)``."""
-        return self.local_state.changes()
+        changes: tuple[dict[str, Any], list[str]] = self.local_state.changes()
+        return changes
 
     def merge_to_parent(self, policy: str = "last_writer_wins") -> list[Any]:
         """Apply the local sets and deletes to the parent atomically.
@@ -80,7 +85,8 @@ class AgentContext:
             carcore.MergeConflictError: ``first_committer_wins`` and a key this
                 agent read or wrote changed in the parent meanwhile; nothing applied.
         """
-        return self.local_state.merge_to_parent(policy)
+        merged: list[Any] = self.local_state.merge_to_parent(policy)
+        return merged
 
     def discard(self) -> None:
         """Drop the local changes."""

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from ._validate import int_at_least
 from .errors import MailboxFull, MailboxSend, MailboxTimeout
@@ -31,9 +31,11 @@ __all__ = [
     "AgentId",
     "AgentMessage",
     "Inbox",
+    "InboxLike",
     "Mailbox",
     "MessageRouter",
     "PooledMailbox",
+    "RouterLike",
 ]
 
 #: Default inbox capacity in messages (Rust ``Mailbox::default()``; unspecified there).
@@ -295,18 +297,51 @@ class MessageRouter(_Router[AgentId]):
         return len(self._inboxes)
 
 
+class InboxLike(Protocol):
+    """The receiving API a pooled agent's inbox offers: an :class:`Inbox`, or its proxy in a worker process."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def capacity(self) -> int: ...
+
+    def qsize(self) -> int: ...
+
+    async def recv(self, timeout_s: float | None = None) -> Any: ...
+
+    def try_recv(self) -> Any | None: ...
+
+    def __aiter__(self) -> InboxLike: ...
+
+    async def __anext__(self) -> Any: ...
+
+
+class RouterLike(Protocol):
+    """The pooled router API: a :class:`MessageRouter`, or its proxy in a worker process."""
+
+    def register(self, agent_id: AgentId, /) -> InboxLike: ...
+
+    def unregister(self, agent_id: AgentId, /) -> None: ...
+
+    def agent_count(self) -> int: ...
+
+    async def send(self, msg: AgentMessage, *, timeout_s: float | None = None) -> None: ...
+
+
 class PooledMailbox:
     """The ``mailbox`` argument a pooled agent's runner receives.
 
     Attributes:
         agent_id: This agent's pool id.
-        inbox: This agent's :class:`~carmulti.Inbox` (``await mailbox.inbox.recv()``).
-        router: The pool's router.
+        inbox: This agent's :class:`~carmulti.Inbox` (``await mailbox.inbox.recv()``); in a
+            worker process, a proxy with the same receiving API (:class:`InboxLike`).
+        router: The pool's router (:class:`RouterLike`: a :class:`MessageRouter` or its proxy).
     """
 
     __slots__ = ("agent_id", "inbox", "router")
 
-    def __init__(self, agent_id: AgentId, inbox: Inbox, router: MessageRouter) -> None:
+    def __init__(self, agent_id: AgentId, inbox: InboxLike, router: RouterLike) -> None:
         self.agent_id = agent_id
         self.inbox = inbox
         self.router = router

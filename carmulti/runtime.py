@@ -41,16 +41,16 @@ from typing import Any, Mapping, Protocol, runtime_checkable
 import orjson
 
 from . import actions as _actions
-from .actions import (
+from .actions import (  # "X as X": an explicit re-export, which type checkers see (they do not follow ``__all__ +=``)
     _OPERATORS,
-    Action,
-    ActionProposal,
-    ActionResult,
-    ActionStatus,
-    ActionType,
-    FailureBehavior,
-    Precondition,
-    ProposalResult,
+    Action as Action,
+    ActionProposal as ActionProposal,
+    ActionResult as ActionResult,
+    ActionStatus as ActionStatus,
+    ActionType as ActionType,
+    FailureBehavior as FailureBehavior,
+    Precondition as Precondition,
+    ProposalResult as ProposalResult,
 )
 from .errors import ToolError
 from .policy import PolicyEngine

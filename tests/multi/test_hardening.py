@@ -29,6 +29,7 @@ from carmulti import (
     ToolError,
     truncate,
 )
+from carmulti.testing import EchoRunner
 
 
 def test_first_use_of_a_budget_from_many_threads_never_exceeds_the_cap():
@@ -63,9 +64,9 @@ async def test_a_shared_budget_survives_the_infras_that_borrow_it():
     a = SharedInfra().with_shared_budget(shared)
     b = SharedInfra().with_shared_budget(shared)
     try:
-        await Swarm([AgentSpec("x")]).run("t", _Answer(), a)
+        await Swarm([AgentSpec("x")]).run("t", EchoRunner("{name} ok"), a)
         await a.aclose()
-        res = await Swarm([AgentSpec("y")]).run("t", _Answer(), b)  # a closing did not unlink it
+        res = await Swarm([AgentSpec("y")]).run("t", EchoRunner("{name} ok"), b)  # a closing did not unlink it
         assert res.outputs[0].succeeded
         b.with_budget(BudgetLimits())  # replacing a borrowed budget does not close it either
         shared.begin_agent()
@@ -78,11 +79,6 @@ async def test_a_shared_budget_survives_the_infras_that_borrow_it():
 def test_with_shared_budget_rejects_limits():
     with pytest.raises(TypeError, match="takes a CoordinationBudget"):
         SharedInfra().with_shared_budget(BudgetLimits())  # type: ignore[arg-type]
-
-
-class _Answer:
-    async def run(self, spec, task, runtime, mailbox):
-        return f"{spec.name} ok"
 
 
 class _Gate:
@@ -226,7 +222,7 @@ async def test_a_feeder_failure_stops_the_other_feeders_and_leaves_no_task():
     ex = FailingExecutor()
     async with SharedInfra(executor=ex) as infra:
         with pytest.raises(_Boom):
-            await MapReduce(AgentSpec("m"), AgentSpec("r"), 4).run("t", ["x"] * 100, _Answer(), infra)
+            await MapReduce(AgentSpec("m"), AgentSpec("r"), 4).run("t", ["x"] * 100, EchoRunner("{name} ok"), infra)
         calls = ex.calls
         await asyncio.sleep(0.1)
         assert ex.calls == calls  # nothing started after the failure
@@ -246,12 +242,9 @@ def test_truncate_keeps_lone_surrogates_whole(chars, n):
 
 
 async def test_sequential_swarm_with_surrogate_answers_does_not_crash():
-    class Fs:
-        async def run(self, spec, task, runtime, mailbox):
-            return os.fsdecode(b"file-\xff" * 200)
-
+    answer = EchoRunner(os.fsdecode(b"file-\xff" * 200))  # the template has no fields: every agent answers it
     async with SharedInfra() as infra:
-        res = await Swarm([AgentSpec("a"), AgentSpec("b")], SwarmMode.SEQUENTIAL).run("t", Fs(), infra)
+        res = await Swarm([AgentSpec("a"), AgentSpec("b")], SwarmMode.SEQUENTIAL).run("t", answer, infra)
     assert all(o.succeeded for o in res.outputs)
 
 

@@ -8,6 +8,7 @@ import contextlib
 import pytest
 
 from carmulti import AgentOutput, AgentSpec, BudgetLimits, MapReduce, SharedInfra, is_budget_skipped
+from carmulti.testing import EchoRunner
 
 from .doubles import spec
 
@@ -88,13 +89,9 @@ async def test_stream_pulls_items_lazily_from_an_async_source_with_bounded_live_
 
 
 async def test_leaving_a_stream_early_cancels_the_rest():
-    class Sleepy:
-        async def run(self, spec, task, runtime, mailbox):
-            await asyncio.sleep(0.01)
-            return "ok"
-
+    sleepy = EchoRunner("ok", latency_s=0.01)
     async with SharedInfra() as infra:
-        async with contextlib.aclosing(MapReduce(spec("m"), spec("r"), 4).stream("t", (str(i) for i in range(10_000)), Sleepy(), infra)) as s:
+        async with contextlib.aclosing(MapReduce(spec("m"), spec("r"), 4).stream("t", (str(i) for i in range(10_000)), sleepy, infra)) as s:
             seen = 0
             async for _ in s:
                 seen += 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from carmulti import AgentSpec, BudgetLimits, Pipeline, PipelineResult, is_budget_skipped
+from carmulti.testing import EchoRunner
 
 from .doubles import MetaRunner, MockRunner, spec
 
@@ -59,7 +60,7 @@ async def test_pipeline_stages_are_budget_gated(make_infra):
 
 async def test_pipeline_empty(make_infra):
     infra = make_infra()
-    result = await Pipeline([]).run("T", MetaRunner(), infra)
+    result = await Pipeline([]).run("T", EchoRunner("{task}"), infra)
     assert result.stages == [] and result.final_answer == "" and result.all_succeeded
 
 

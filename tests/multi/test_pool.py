@@ -19,6 +19,7 @@ from carmulti import (
     PoolAtCapacity,
     is_budget_skipped,
 )
+from carmulti.testing import EchoRunner
 
 from .doubles import MetaRunner, spec
 
@@ -39,7 +40,7 @@ async def spawn(pool: AgentPool, s: AgentSpec, task: str = "T") -> int:
 
 
 async def test_ids_start_at_one_and_join_all(make_infra):
-    pool = AgentPool(MetaRunner(), 4, infra=make_infra())
+    pool = AgentPool(EchoRunner("{task}"), 4, infra=make_infra())
     ids = [await spawn(pool, spec(f"a{i}"), f"task {i}") for i in range(3)]
     assert ids == [1, 2, 3]
     assert pool.max_concurrent == 4
@@ -78,7 +79,7 @@ async def test_try_spawn_raises_at_capacity_and_consumes_no_id(make_infra):
 
 
 async def test_fan_out(make_infra):
-    pool = AgentPool(MetaRunner(), 2, infra=make_infra())
+    pool = AgentPool(EchoRunner("{task}"), 2, infra=make_infra())
     r = pool.fan_out([(spec(f"a{i}"), f"t{i}") for i in range(5)])
     ids = await r if inspect.isawaitable(r) else r
     assert ids == [1, 2, 3, 4, 5]
@@ -132,7 +133,7 @@ async def test_message_to_queued_agent_is_delivered(make_infra):
 
 
 async def test_router_send_to_unknown_id(make_infra):
-    pool = AgentPool(MetaRunner(), 1, infra=make_infra())
+    pool = AgentPool(EchoRunner("{task}"), 1, infra=make_infra())
     with pytest.raises(MailboxSend) as ei:
         await pool.router().send(AgentMessage(0, 99, "hi"))
     assert "not registered" in str(ei.value)
@@ -151,7 +152,7 @@ async def test_crashed_agent_yields_its_id_with_an_error(make_infra):
 
 async def test_pool_agents_are_budget_gated(make_infra):
     infra = make_infra(budget=BudgetLimits(max_agents=2))
-    pool = AgentPool(MetaRunner(), 5, infra=infra)
+    pool = AgentPool(EchoRunner("{task}"), 5, infra=infra)
     ids = [await spawn(pool, spec(f"a{i}")) for i in range(3)]
     outs = await pool.join_all()
     assert sum(is_budget_skipped(outs[i]) for i in ids) == 1
@@ -221,4 +222,4 @@ async def test_message_router_standalone():
 
 def test_pool_validation():
     with pytest.raises(ValueError):
-        AgentPool(MetaRunner(), 0)
+        AgentPool(EchoRunner("{task}"), 0)

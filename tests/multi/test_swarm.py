@@ -15,6 +15,7 @@ from carmulti import (
     WorkspaceConfig,
     is_budget_skipped,
 )
+from carmulti.testing import EchoRunner
 
 from .doubles import CountingExecutor, MetaRunner, MockRunner, TokenRunner, ToolRunner, WorkspaceProbeRunner, spec
 
@@ -263,7 +264,7 @@ async def test_sequential_failed_priors_omitted_and_chain_continues(make_infra):
 async def test_sequential_budget_skipped_first_agent_makes_header_appear(make_infra):
     infra = make_infra(budget=BudgetLimits(max_agents=1))
     agents = [spec("a"), spec("b")]
-    result = await Swarm(agents, SwarmMode.SEQUENTIAL).run("T", MetaRunner(), infra)
+    result = await Swarm(agents, SwarmMode.SEQUENTIAL).run("T", EchoRunner("{task}"), infra)
     assert result.outputs[0].succeeded and result.outputs[0].answer == "T"
     assert is_budget_skipped(result.outputs[1])
     assert result.outputs[1].error == "budget skipped: agent limit reached: 1/1"
@@ -284,7 +285,7 @@ async def test_parallel_output_order_equals_input_order(make_infra):
 
 async def test_parallel_agents_get_unmodified_task(make_infra):
     infra = make_infra()
-    result = await Swarm([spec("a"), spec("b")]).run("the exact task", MetaRunner(), infra)
+    result = await Swarm([spec("a"), spec("b")]).run("the exact task", EchoRunner("{task}"), infra)
     assert [o.answer for o in result.outputs] == ["the exact task", "the exact task"]
 
 

@@ -117,6 +117,10 @@ class ProcessExecutor:
             result = await Swarm(agents).run(task, runner, infra)
     """
 
+    # Made by _reset(), which reads the previous ones' counters first (absent before the first call).
+    _transport: Transport
+    _workers: WorkerSupervisor
+
     def __init__(self, workers: int | None = None, *, start_method: str = "spawn", max_restarts: int = 5,
                  restart_period_s: float = 10.0, cancel_grace_s: float = 1.0, batch_size: int = 512,
                  max_inflight_per_worker: int = 8192, hwm: int = 10_000, startup_timeout_s: float = 60.0,

@@ -306,7 +306,8 @@ class RemoteInbox:
         return decode_value(self._w.rpc_call(self._job, self._o, "try_recv", []))
 
     def qsize(self) -> int:
-        return self._w.rpc_call(self._job, self._o, "qsize", [])
+        n: int = self._w.rpc_call(self._job, self._o, "qsize", [])
+        return n
 
     def __aiter__(self) -> "RemoteInbox":
         return self
@@ -343,7 +344,8 @@ class RemoteMailbox:
         self._w.rpc_call(self._job, self._o, "unregister", [name])
 
     def names(self) -> list[str]:
-        return self._w.rpc_call(self._job, self._o, "names", [])
+        names: list[str] = self._w.rpc_call(self._job, self._o, "names", [])
+        return names
 
     def __contains__(self, name: object) -> bool:
         return bool(self._w.rpc_call(self._job, self._o, "contains", [name]))
@@ -353,8 +355,9 @@ class RemoteMailbox:
                                "kwargs": {"timeout_s": timeout_s}})
 
     async def broadcast(self, msg: Message, *, timeout_s: float | None = None) -> int:
-        return await self._w.request({"op": "call", "job": self._job, "object": self._o, "method": "broadcast",
-                                      "args": [encode_value(msg)], "kwargs": {"timeout_s": timeout_s}})
+        n: int = await self._w.request({"op": "call", "job": self._job, "object": self._o, "method": "broadcast",
+                                        "args": [encode_value(msg)], "kwargs": {"timeout_s": timeout_s}})
+        return n
 
 
 class RemoteRouter:
@@ -374,7 +377,8 @@ class RemoteRouter:
         self._w.rpc_call(self._job, self._o, "unregister", [agent_id])
 
     def agent_count(self) -> int:
-        return self._w.rpc_call(self._job, self._o, "agent_count", [])
+        n: int = self._w.rpc_call(self._job, self._o, "agent_count", [])
+        return n
 
     async def send(self, msg: Any, *, timeout_s: float | None = None) -> None:
         await self._w.request({"op": "call", "job": self._job, "object": self._o, "method": "send", "args": [encode_value(msg)],

@@ -195,7 +195,11 @@ class Transport:
         got_results = False
         lookup = self._lookup
         try:
-            while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            while True:
+                events = sock.getsockopt(zmq.EVENTS)
+                assert isinstance(events, int)  # ZMQ_EVENTS is an int option (pyzmq types every int option int | bytes)
+                if not events & zmq.POLLIN:
+                    break
                 frames = sock.recv_multipart(zmq.NOBLOCK)
                 w = lookup(frames[0])
                 if w is None or w.dead:

@@ -232,7 +232,11 @@ class WorkerProcess:
     def _on_readable(self) -> None:
         sock = self.sock
         try:
-            while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            while True:
+                events = sock.getsockopt(zmq.EVENTS)
+                assert isinstance(events, int)  # ZMQ_EVENTS is an int option (pyzmq types every int option int | bytes)
+                if not events & zmq.POLLIN:
+                    break
                 frames = sock.recv_multipart(zmq.NOBLOCK)
                 try:
                     body, blob = wire.decode(frames, wire.TO_WORKER, self.max_frame_bytes)
@@ -273,7 +277,7 @@ class WorkerProcess:
 
             cid = body["id"]
             try:
-                obj = dill.loads(blob)  # type: ignore[arg-type]
+                obj = dill.loads(blob)
             except Exception as exc:  # noqa: BLE001
                 err = f"the {'runner' if t == 'runner' else 'infra'} could not be loaded in the worker: " \
                       f"{exception_text(exc)}"
