@@ -98,11 +98,11 @@ def ray_actor_pool(n: int, workers: int, repeat: int, tick: Callable[[], None] =
 
     actor = ray.remote(num_cpus=0)(Agent)
     pool = ActorPool([actor.remote() for _ in range(workers)])
-    list(pool.map_unordered(lambda a, i: a.run.remote(i), range(16)))  # actors up before timing
+    list(pool.map_unordered(lambda a, i: a.run.remote(i), list(range(16))))  # actors up before timing
     rates = []
     for _ in range(repeat):
         t0 = time.perf_counter()
-        out = list(pool.map_unordered(lambda a, i: a.run.remote(i), range(n)))
+        out = list(pool.map_unordered(lambda a, i: a.run.remote(i), list(range(n))))
         rates.append(n / (time.perf_counter() - t0))
         assert len(out) == n
         tick()

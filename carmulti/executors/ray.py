@@ -33,7 +33,7 @@ import dataclasses
 import itertools
 import logging
 import os
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import zmq
 
@@ -180,6 +180,7 @@ class RayLauncher:
 
 
 _HOST: Any = None
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 
 def _host_class() -> Any:
@@ -187,6 +188,11 @@ def _host_class() -> Any:
     global _HOST
     if _HOST is None:
         ray = _ray()
+
+        def control(fn: _F) -> _F:
+            """Ray's untyped ``ray.method`` decorator, typed: run ``fn`` in the "control" concurrency group."""
+            decorated: _F = ray.method(concurrency_group="control")(fn)
+            return decorated
 
         class AgentHost:
             """One carmulti worker in a Ray actor: runs ``WorkerProcess(cfg).main()`` until stopped."""
@@ -208,12 +214,12 @@ def _host_class() -> Any:
                 self.worker = WorkerProcess(cfg)
                 await self.worker.main()
 
-            @ray.method(concurrency_group="control")
+            @control
             async def ping(self) -> dict[str, Any]:
                 return {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id(),
                         "jobs": len(self.worker.jobs) if self.worker is not None else 0}
 
-            @ray.method(concurrency_group="control")
+            @control
             async def stats(self) -> dict[str, Any]:
                 w = self.worker
                 return {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id(),
