@@ -34,20 +34,14 @@ Versions and conflicts:
 """
 
 from libc.stdint cimport int64_t
-from libc.math cimport isfinite
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
 
 from carcore.includes.system cimport realtime_ns
 
 import datetime as _dt
 
-import orjson
-
 from carcore.errors import MergeConflictError
 
-_loads = orjson.loads
-_dumps = orjson.dumps
-cdef int _DUMPS_OPTS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+include "_common.pxi"
 
 cdef object _MISSING = object()
 cdef object _EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
@@ -55,15 +49,6 @@ cdef object _timedelta = _dt.timedelta
 cdef tuple _POLICIES = ("first_committer_wins", "last_writer_wins")
 
 cdef int64_t _VERSION = 0
-
-
-cdef inline bytes _compact(bytes b):
-    # orjson returns bytes backed by a ~4 KiB allocation; a value kept for long (store,
-    # transition log, event) is copied into a right-sized object (pymalloc for small ones).
-    cdef Py_ssize_t n = PyBytes_GET_SIZE(b)
-    if n >= 2048:
-        return b
-    return PyBytes_FromStringAndSize(PyBytes_AS_STRING(b), n)
 
 
 cdef inline int64_t _next_version() noexcept:
@@ -81,51 +66,30 @@ cdef inline object _decode(object stored):
 cdef inline object _decode_or_none(object stored):
     if stored is _MISSING:
         return None
-    if type(stored) is bytes:
-        return _loads(stored)
-    return stored
+    return _decode(stored)
 
 
-cdef str _check_key(object key):
-    if type(key) is str:
-        return <str>key
-    if isinstance(key, str):
-        return str.__str__(key)
-    raise TypeError(f"state key must be str, got {type(key).__name__}: {key!r}")
+cdef inline str _check_key(object key):
+    return _as_str(key, "state key", "str")
 
 
-cdef str _check_writer(object writer):
+cdef inline str _check_writer(object writer):
     if writer is None:
         return ""
-    if type(writer) is str:
-        return <str>writer
-    if isinstance(writer, str):
-        return str.__str__(writer)
-    raise TypeError(f"writer must be str, got {type(writer).__name__}: {writer!r}")
+    return _as_str(writer, "writer", "str")
 
 
 cdef object _encode(str key, object value):
-    cdef type t = type(value)
-    if t is str or t is bool or value is None:
+    # The stored form of a state value: a plain scalar as is, anything else its orjson
+    # encoding.  The one JSON check of state values (set, apply, restore).
+    if _plain_scalar(value):
         return value
+    cdef type t = type(value)
     if t is int:
-        if -9223372036854775808 <= value < 18446744073709551616:
-            return value
-        raise TypeError(
-            f"state value for key {key!r} is not JSON-serializable: "
-            f"integer {value} exceeds the 64-bit range"
-        )
+        raise _not_json("state value for key", key, f"integer {value} exceeds the 64-bit range")
     if t is float:
-        if isfinite(<double>value):
-            return value
-        raise TypeError(
-            f"state value for key {key!r} is not JSON-serializable: "
-            f"non-finite float {value!r} has no JSON representation"
-        )
-    try:
-        return _compact(_dumps(value, option=_DUMPS_OPTS))
-    except TypeError as exc:  # orjson.JSONEncodeError subclasses TypeError
-        raise TypeError(f"state value for key {key!r} is not JSON-serializable: {exc}") from None
+        raise _not_json("state value for key", key, _non_finite(value))
+    return _dump(value, "state value for key", key)
 
 
 cdef dict _encode_mapping(object mapping, str what):
@@ -514,8 +478,7 @@ cdef class StateStore(_StateView):
         Raises:
             ValueError: ``since`` is negative.
         """
-        if since < 0:
-            raise ValueError(f"since must be >= 0, got {since}")
+        _check_since(since)
         return self._log[since:]
 
 
@@ -722,8 +685,7 @@ cdef class Overlay(_StateView):
         Raises:
             ValueError: ``since`` is negative.
         """
-        if since < 0:
-            raise ValueError(f"since must be >= 0, got {since}")
+        _check_since(since)
         return self._log[since:]
 
     def changes(self):
