@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 _Policy = Literal["first_committer_wins", "last_writer_wins"]
 
+def check_json_value(value: object, key: str) -> bytes: ...
+
 class StateTransition:
     @property
     def key(self) -> str: ...

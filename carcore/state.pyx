@@ -92,6 +92,36 @@ cdef object _encode(str key, object value):
     return _dump(value, "state value for key", key)
 
 
+def check_json_value(value, key):
+    """Check ``value`` as :meth:`StateStore.set` checks a state value; return its JSON.
+
+    For callers that validate a state value away from a store (e.g. in a worker
+    process) and ship the encoding: the rules and the error messages are those of
+    ``StateStore.set`` (the same compiled check), see the module docstring.
+
+    Args:
+        value (Any): The candidate state value.
+        key (str): The key it is meant for (named in the error message).
+
+    Returns:
+        bytes: The orjson encoding of ``value`` (decoding it gives what
+        ``StateStore.get`` would return after ``set(key, value)``).
+
+    Raises:
+        TypeError: ``key`` is not a ``str`` (as ``StateStore.set``: "state key must be
+            str, ..."), or ``value`` is not JSON-serializable: "state value for key
+            {key!r} is not JSON-serializable: {reason}" (non-finite float, integer
+            outside 64 bits, datetime, dataclass, non-str dict key, ...).  Unlike
+            ``StateStore.set``, which keeps a top-level ``str`` as is, a ``str`` that
+            orjson cannot encode (lone surrogates) is refused too.
+    """
+    cdef str k = _check_key(key)
+    cdef object stored = _encode(k, value)
+    if type(stored) is bytes:
+        return stored
+    return _dump(stored, "state value for key", k)
+
+
 cdef dict _encode_mapping(object mapping, str what):
     cdef dict out = {}
     cdef str k
