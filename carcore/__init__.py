@@ -3,7 +3,7 @@
 There is no pure-Python fallback: carcore *is* the compiled thing (like uvloop).
 
 Modules:
-    carcore.state     StateStore, Overlay, StateTransition (compiled)
+    carcore.state     StateStore, Overlay, StateTransition, check_json_value (compiled)
     carcore.eventlog  EventLog, Event, RecoveryReport (compiled)
     carcore.budget    BudgetCounters (compiled, POSIX shared memory)
     carcore.errors    CarError, MergeConflictError, LogCorruptedError (pure Python)
@@ -14,7 +14,7 @@ from __future__ import annotations
 from carcore.budget import BudgetCounters
 from carcore.errors import CarError, LogCorruptedError, MergeConflictError
 from carcore.eventlog import Event, EventLog, RecoveryReport
-from carcore.state import Overlay, StateStore, StateTransition
+from carcore.state import Overlay, StateStore, StateTransition, check_json_value
 
 __all__ = [
     "BudgetCounters",
@@ -27,4 +27,5 @@ __all__ = [
     "RecoveryReport",
     "StateStore",
     "StateTransition",
+    "check_json_value",
 ]

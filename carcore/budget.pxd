@@ -16,3 +16,4 @@ cdef class BudgetCounters:
 
     cdef int64_t *_slot(self, object i) except NULL
     cdef int _map(self, int fd, size_t size, str name) except -1
+    cdef void _release(self) noexcept

@@ -206,6 +206,10 @@ cdef class BudgetCounters:
         return self
 
     def __dealloc__(self):
+        self._release()
+
+    cdef void _release(self) noexcept:
+        # close() and deallocation: unmap; the owner, in its creating process, unlinks
         if self._base != NULL:
             system.munmap(self._base, self._size)
             self._base = NULL
@@ -251,16 +255,13 @@ cdef class BudgetCounters:
         """
         cdef int64_t *p = self._slot(i)
         cdef int64_t d = _as_i64(delta, "delta")
-        cdef int64_t cur = system.car_atomic_load(p)
-        cdef int64_t new
-        while True:
-            if system.car_add_overflow(cur, d, &new):
-                raise OverflowError(
-                    f"adding delta={delta} to slot {i} (value {cur}) would overflow int64; "
-                    f"the counter is unchanged"
-                )
-            if system.car_atomic_cas(p, &cur, new):
-                return new
+        cdef int64_t v
+        if not system.car_atomic_add_bounded(p, d, INT64_MAX, False, &v):
+            raise OverflowError(
+                f"adding delta={delta} to slot {i} (value {v}) would overflow int64; "
+                f"the counter is unchanged"
+            )
+        return v
 
     def add_saturating(self, i, delta):
         """Atomically add ``delta`` (>= 0) to slot ``i``, stopping at the int64 maximum; return the new value.
@@ -277,13 +278,9 @@ cdef class BudgetCounters:
         cdef int64_t d = _as_i64(delta, "delta")
         if d < 0:
             raise ValueError(f"add_saturating takes a delta >= 0, got {delta}")
-        cdef int64_t cur = system.car_atomic_load(p)
-        cdef int64_t new
-        while True:
-            if system.car_add_overflow(cur, d, &new):
-                new = INT64_MAX
-            if system.car_atomic_cas(p, &cur, new):
-                return new
+        cdef int64_t v
+        system.car_atomic_add_bounded(p, d, INT64_MAX, True, &v)
+        return v
 
     def reserve(self, i, amount, cap):
         """Atomically add ``amount`` to slot ``i`` iff the result stays ``<= cap``.
@@ -310,13 +307,8 @@ cdef class BudgetCounters:
         cdef int64_t c = _as_i64(cap, "cap")
         if a < 0:
             raise ValueError(f"amount must be >= 0, got {amount}")
-        cdef int64_t cur = system.car_atomic_load(p)
-        cdef int64_t new
-        while True:
-            if system.car_add_overflow(cur, a, &new) or new > c:
-                return False
-            if system.car_atomic_cas(p, &cur, new):
-                return True
+        cdef int64_t v
+        return system.car_atomic_add_bounded(p, a, c, False, &v)
 
     def load_f64(self, i):
         """Return slot ``i`` interpreted as a float."""
@@ -354,12 +346,7 @@ cdef class BudgetCounters:
 
         Idempotent.  Other processes that attached keep their mappings until they close.
         """
-        if self._base != NULL:
-            system.munmap(self._base, self._size)
-            self._base = NULL
-        if self.owner and not self._unlinked and self._owner_pid == system.getpid():
-            system.shm_unlink(self._cname)
-            self._unlinked = True
+        self._release()
 
     def unlink(self):
         """Remove the segment's name now (mappings stay valid until closed).

@@ -53,7 +53,7 @@ class MergeConflictError(CarError):
             f"fresh state, or merge with policy='last_writer_wins'"
         )
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[type[MergeConflictError], tuple[list[str], str]]:
         return (type(self), (self.keys, self.overlay))
 
 
@@ -88,5 +88,5 @@ class LogCorruptedError(CarError):
             f"EventLog.open() the copy"
         )
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[type[LogCorruptedError], tuple[str, int, str]]:
         return (type(self), (self.path, self.offset, self.reason))

@@ -65,8 +65,6 @@ Writers:
 
 from libc.stdint cimport int64_t
 from libc.stdlib cimport realloc, free
-from libc.math cimport isfinite
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
 
 from carcore.includes cimport system
 from carcore.includes.system cimport realtime_ns, monotonic_ns
@@ -82,10 +80,9 @@ import orjson
 
 from carcore.errors import LogCorruptedError
 
-_loads = orjson.loads
-_dumps = orjson.dumps
+include "_common.pxi"
+
 _crc32 = zlib.crc32
-cdef int _DUMPS_OPTS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
 
 _logger = logging.getLogger("carcore.eventlog")
 
@@ -97,40 +94,14 @@ _HEX = frozenset(b"0123456789abcdef")
 _CANDIDATE = re.compile(rb"[0-9a-f]{8} \{")
 
 
-cdef inline bytes _compact(bytes b):
-    # orjson returns bytes backed by a ~4 KiB allocation; a value kept for long (store,
-    # transition log, event) is copied into a right-sized object (pymalloc for small ones).
-    cdef Py_ssize_t n = PyBytes_GET_SIZE(b)
-    if n >= 2048:
-        return b
-    return PyBytes_FromStringAndSize(PyBytes_AS_STRING(b), n)
+cdef inline object _check_opt_str(object v, str name):
+    if v is None:
+        return None
+    return _as_str(v, name, "str or None")
 
 
-cdef inline bint _cacheable(object v):
-    cdef type t = type(v)
-    if t is str or t is bool or v is None:
-        return True
-    if t is int:
-        return -9223372036854775808 <= v < 18446744073709551616
-    if t is float:
-        return isfinite(<double>v)
-    return False
-
-
-cdef object _check_opt_str(object v, str name):
-    if v is None or type(v) is str:
-        return v
-    if isinstance(v, str):
-        return str.__str__(v)
-    raise TypeError(f"{name} must be str or None, got {type(v).__name__}: {v!r}")
-
-
-cdef str _check_kind(object kind):
-    if type(kind) is str:
-        return <str>kind
-    if isinstance(kind, str):
-        return str.__str__(kind)
-    raise TypeError(f"event kind must be str, got {type(kind).__name__}: {kind!r}")
+cdef inline str _check_kind(object kind):
+    return _as_str(kind, "event kind", "str")
 
 
 cdef bytes _encode_record(int64_t seq, int64_t ts_ns, str kind, object agent,
@@ -138,43 +109,43 @@ cdef bytes _encode_record(int64_t seq, int64_t ts_ns, str kind, object agent,
     # Same rule as StateStore.set: a non-finite float has no JSON form. orjson would
     # write it as null (data is nested in the record), silently changing the value.
     if type(data) is float and not isfinite(<double>data):
-        raise TypeError(
-            f"event data for kind {kind!r} is not JSON-serializable: non-finite float {data!r} "
-            f"has no JSON representation (log None or a string such as {str(data)!r} instead)"
-        )
-    try:
-        return _compact(_dumps(
-            {
-                "seq": seq,
-                "ts_ns": ts_ns,
-                "kind": kind,
-                "agent": agent,
-                "action_id": action_id,
-                "proposal_id": proposal_id,
-                "data": data,
-            },
-            option=_DUMPS_OPTS,
-        ))
-    except TypeError as exc:  # orjson.JSONEncodeError subclasses TypeError
-        raise TypeError(f"event data for kind {kind!r} is not JSON-serializable: {exc}") from None
+        raise _not_json("event data for kind", kind, _non_finite(data)
+                        + f" (log None or a string such as {str(data)!r} instead)")
+    return _dump(
+        {
+            "seq": seq,
+            "ts_ns": ts_ns,
+            "kind": kind,
+            "agent": agent,
+            "action_id": action_id,
+            "proposal_id": proposal_id,
+            "data": data,
+        },
+        "event data for kind", kind,
+    )
 
 
 cdef inline bytes _frame(bytes j):
     return b"%08x " % _crc32(j) + j + b"\n"
 
 
-cdef Event _make_event(int64_t seq, int64_t ts_ns, str kind, object agent, object action_id,
-                       object proposal_id, object data, bytes raw):
-    cdef Event e = Event.__new__(Event)
+cdef Event _fill_event(Event e, int64_t seq, int64_t ts_ns, str kind, object agent,
+                       object action_id, object proposal_id, object data, bytes raw):
     e.seq = seq
     e.ts_ns = ts_ns
     e.kind = kind
     e.agent = agent
     e.action_id = action_id
     e.proposal_id = proposal_id
-    e._data = data if _cacheable(data) else _LAZY
+    e._data = data if _plain_scalar(data) else _LAZY  # an immutable scalar is cached
     e._raw = raw
     return e
+
+
+cdef inline Event _make_event(int64_t seq, int64_t ts_ns, str kind, object agent, object action_id,
+                              object proposal_id, object data, bytes raw):
+    return _fill_event(Event.__new__(Event), seq, ts_ns, kind, agent, action_id, proposal_id,
+                       data, raw)
 
 
 cdef Event _event_from_dict(dict d, bytes raw):
@@ -213,14 +184,7 @@ cdef class Event:
         action_id = _check_opt_str(action_id, "action_id")
         proposal_id = _check_opt_str(proposal_id, "proposal_id")
         cdef bytes raw = _encode_record(seq, ts_ns, k, agent, action_id, proposal_id, data)
-        self.seq = seq
-        self.ts_ns = ts_ns
-        self.kind = k
-        self.agent = agent
-        self.action_id = action_id
-        self.proposal_id = proposal_id
-        self._raw = raw
-        self._data = data if _cacheable(data) else _LAZY
+        _fill_event(self, seq, ts_ns, k, agent, action_id, proposal_id, data, raw)
 
     @property
     def data(self):
@@ -701,8 +665,7 @@ cdef class EventLog:
         Raises:
             ValueError: ``since`` is negative.
         """
-        if since < 0:
-            raise ValueError(f"since must be >= 0, got {since}")
+        _check_since(since)
         cdef Py_ssize_t i
         return [self._event_at(i) for i in range(since, self._n)]
 

@@ -1,6 +1,7 @@
 # cython: language_level=3
 """Layout of the compiled state classes (see state.pyx)."""
 
+cimport cython
 from libc.stdint cimport int64_t
 
 
@@ -13,17 +14,24 @@ cdef class StateTransition:
 
 
 cdef class _StateView:
+    cdef list _log            # list[StateTransition] (an overlay's are its local changes)
     cdef object _raw(self, str key, bint track)
     cdef int64_t _view_version(self, str key)
     cdef list _key_list(self)
-    cdef list _apply_stored(self, dict sets, list deletes, str writer)
+    cdef StateTransition _set_stored(self, str key, object stored, str writer, int64_t ts)
+    cdef StateTransition _delete_stored(self, str key, str writer, int64_t ts, bint merging)
     cdef void _adopt_bases(self, dict bases)
+    @cython.final
+    cdef list _apply_stored(self, dict sets, list deletes, str writer)
+    @cython.final
+    cdef StateTransition _set(self, object key, object value, object writer)
+    @cython.final
+    cdef StateTransition _delete(self, object key, object writer)
 
 
 cdef class StateStore(_StateView):
     cdef dict _data           # key -> stored value (scalar as-is, container as JSON bytes)
     cdef dict _versions       # key -> version (process-global counter)
-    cdef list _log            # list[StateTransition]
     cdef void _replace(self, dict enc)
 
 
@@ -34,6 +42,5 @@ cdef class Overlay(_StateView):
     cdef dict _tombs          # key -> None (ordered set of local deletes)
     cdef dict _base           # key -> parent's view version at first touch
     cdef dict _lversions      # key -> version of the local write/delete (or pinned after merge)
-    cdef list _log
     cdef void _touch(self, str key)
     cdef object _visible(self, str key)

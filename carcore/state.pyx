@@ -34,20 +34,14 @@ Versions and conflicts:
 """
 
 from libc.stdint cimport int64_t
-from libc.math cimport isfinite
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
 
 from carcore.includes.system cimport realtime_ns
 
 import datetime as _dt
 
-import orjson
-
 from carcore.errors import MergeConflictError
 
-_loads = orjson.loads
-_dumps = orjson.dumps
-cdef int _DUMPS_OPTS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+include "_common.pxi"
 
 cdef object _MISSING = object()
 cdef object _EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
@@ -55,15 +49,6 @@ cdef object _timedelta = _dt.timedelta
 cdef tuple _POLICIES = ("first_committer_wins", "last_writer_wins")
 
 cdef int64_t _VERSION = 0
-
-
-cdef inline bytes _compact(bytes b):
-    # orjson returns bytes backed by a ~4 KiB allocation; a value kept for long (store,
-    # transition log, event) is copied into a right-sized object (pymalloc for small ones).
-    cdef Py_ssize_t n = PyBytes_GET_SIZE(b)
-    if n >= 2048:
-        return b
-    return PyBytes_FromStringAndSize(PyBytes_AS_STRING(b), n)
 
 
 cdef inline int64_t _next_version() noexcept:
@@ -81,51 +66,60 @@ cdef inline object _decode(object stored):
 cdef inline object _decode_or_none(object stored):
     if stored is _MISSING:
         return None
-    if type(stored) is bytes:
-        return _loads(stored)
-    return stored
+    return _decode(stored)
 
 
-cdef str _check_key(object key):
-    if type(key) is str:
-        return <str>key
-    if isinstance(key, str):
-        return str.__str__(key)
-    raise TypeError(f"state key must be str, got {type(key).__name__}: {key!r}")
+cdef inline str _check_key(object key):
+    return _as_str(key, "state key", "str")
 
 
-cdef str _check_writer(object writer):
+cdef inline str _check_writer(object writer):
     if writer is None:
         return ""
-    if type(writer) is str:
-        return <str>writer
-    if isinstance(writer, str):
-        return str.__str__(writer)
-    raise TypeError(f"writer must be str, got {type(writer).__name__}: {writer!r}")
+    return _as_str(writer, "writer", "str")
 
 
 cdef object _encode(str key, object value):
-    cdef type t = type(value)
-    if t is str or t is bool or value is None:
+    # The stored form of a state value: a plain scalar as is, anything else its orjson
+    # encoding.  The one JSON check of state values (set, apply, restore, check_json_value).
+    if _plain_scalar(value):
         return value
+    cdef type t = type(value)
     if t is int:
-        if -9223372036854775808 <= value < 18446744073709551616:
-            return value
-        raise TypeError(
-            f"state value for key {key!r} is not JSON-serializable: "
-            f"integer {value} exceeds the 64-bit range"
-        )
+        raise _not_json("state value for key", key, f"integer {value} exceeds the 64-bit range")
     if t is float:
-        if isfinite(<double>value):
-            return value
-        raise TypeError(
-            f"state value for key {key!r} is not JSON-serializable: "
-            f"non-finite float {value!r} has no JSON representation"
-        )
-    try:
-        return _compact(_dumps(value, option=_DUMPS_OPTS))
-    except TypeError as exc:  # orjson.JSONEncodeError subclasses TypeError
-        raise TypeError(f"state value for key {key!r} is not JSON-serializable: {exc}") from None
+        raise _not_json("state value for key", key, _non_finite(value))
+    return _dump(value, "state value for key", key)
+
+
+def check_json_value(value, key):
+    """Check ``value`` as :meth:`StateStore.set` checks a state value; return its JSON.
+
+    For callers that validate a state value away from a store (e.g. in a worker
+    process) and ship the encoding: the rules and the error messages are those of
+    ``StateStore.set`` (the same compiled check), see the module docstring.
+
+    Args:
+        value (Any): The candidate state value.
+        key (str): The key it is meant for (named in the error message).
+
+    Returns:
+        bytes: The orjson encoding of ``value`` (decoding it gives what
+        ``StateStore.get`` would return after ``set(key, value)``).
+
+    Raises:
+        TypeError: ``key`` is not a ``str`` (as ``StateStore.set``: "state key must be
+            str, ..."), or ``value`` is not JSON-serializable: "state value for key
+            {key!r} is not JSON-serializable: {reason}" (non-finite float, integer
+            outside 64 bits, datetime, dataclass, non-str dict key, ...).  Unlike
+            ``StateStore.set``, which keeps a top-level ``str`` as is, a ``str`` that
+            orjson cannot encode (lone surrogates) is refused too.
+    """
+    cdef str k = _check_key(key)
+    cdef object stored = _encode(k, value)
+    if type(stored) is bytes:
+        return stored
+    return _dump(stored, "state value for key", k)
 
 
 cdef dict _encode_mapping(object mapping, str what):
@@ -139,13 +133,17 @@ cdef dict _encode_mapping(object mapping, str what):
     return out
 
 
-cdef StateTransition _transition(str key, object old, object new, str writer, int64_t ts_ns):
+cdef StateTransition _transition(str key, object old, object new, str writer, int64_t ts_ns,
+                                 list log):
+    # a new transition, appended to log when one is given
     cdef StateTransition t = StateTransition.__new__(StateTransition)
     t.key = key
     t._old = old
     t._new = new
     t.writer = writer
     t.ts_ns = ts_ns
+    if log is not None:
+        log.append(t)
     return t
 
 
@@ -153,7 +151,7 @@ def _transition_from_state(str key, bint had_old, object old, bint has_new, obje
                            str writer, int64_t ts_ns):
     """Unpickle helper for :class:`StateTransition` (values are stored forms)."""
     return _transition(key, old if had_old else _MISSING, new if has_new else _MISSING,
-                       writer, ts_ns)
+                       writer, ts_ns, None)
 
 
 cdef class StateTransition:
@@ -258,11 +256,39 @@ cdef class _StateView:
     cdef list _key_list(self):
         raise NotImplementedError
 
-    cdef list _apply_stored(self, dict sets, list deletes, str writer):
+    cdef StateTransition _set_stored(self, str key, object stored, str writer, int64_t ts):
+        raise NotImplementedError
+
+    cdef StateTransition _delete_stored(self, str key, str writer, int64_t ts, bint merging):
         raise NotImplementedError
 
     cdef void _adopt_bases(self, dict bases):
         pass
+
+    cdef list _apply_stored(self, dict sets, list deletes, str writer):
+        # Sets then deletes of already-validated (stored-form) values, all at one time.
+        cdef int64_t ts = realtime_ns()
+        cdef list out = []
+        cdef StateTransition t
+        cdef str k
+        for k, v in sets.items():
+            out.append(self._set_stored(k, v, writer, ts))
+        for k in deletes:
+            t = self._delete_stored(k, writer, ts, True)
+            if t is not None:
+                out.append(t)
+        return out
+
+    cdef StateTransition _set(self, object key, object value, object writer):
+        # set(): validate everything first, so a refused key, writer or value stores nothing
+        cdef str k = _check_key(key)
+        cdef str w = _check_writer(writer)
+        return self._set_stored(k, _encode(k, value), w, realtime_ns())
+
+    cdef StateTransition _delete(self, object key, object writer):
+        cdef str k = _check_key(key)
+        cdef str w = _check_writer(writer)
+        return self._delete_stored(k, w, realtime_ns(), False)
 
     # ----- shared read API -------------------------------------------------------------
 
@@ -282,9 +308,7 @@ cdef class _StateView:
         cdef object v = self._raw(_check_key(key), True)
         if v is _MISSING:
             return default
-        if type(v) is bytes:
-            return _loads(v)
-        return v
+        return _decode(v)
 
     def exists(self, key):
         """Return whether ``key`` is present (counts as a read for overlays).
@@ -306,6 +330,18 @@ cdef class _StateView:
 
     def __iter__(self):
         return iter(self._key_list())
+
+    def transitions(self, since=0):
+        """Return the recorded transitions with index >= ``since`` as a new list.
+
+        A store's are every change; an overlay's are its local changes (kept across
+        merges).
+
+        Raises:
+            ValueError: ``since`` is negative.
+        """
+        _check_since(since)
+        return self._log[since:]
 
     def snapshot(self):
         """Return a deep copy of the whole (visible) map as a ``dict``.
@@ -361,27 +397,19 @@ cdef class StateStore(_StateView):
     cdef list _key_list(self):
         return list(self._data)
 
-    cdef list _apply_stored(self, dict sets, list deletes, str writer):
-        cdef int64_t ts = realtime_ns()
-        cdef list out = []
-        cdef StateTransition t
-        cdef str k
-        for k, v in sets.items():
-            old = self._data.get(k, _MISSING)
-            self._data[k] = v
-            self._versions[k] = _next_version()
-            t = _transition(k, old, v, writer, ts)
-            self._log.append(t)
-            out.append(t)
-        for k in deletes:
-            old = self._data.pop(k, _MISSING)
-            if old is _MISSING:
-                continue
-            self._versions[k] = _next_version()
-            t = _transition(k, old, _MISSING, writer, ts)
-            self._log.append(t)
-            out.append(t)
-        return out
+    cdef StateTransition _set_stored(self, str key, object stored, str writer, int64_t ts):
+        cdef object old = self._data.get(key, _MISSING)
+        self._data[key] = stored
+        self._versions[key] = _next_version()
+        return _transition(key, old, stored, writer, ts, self._log)
+
+    cdef StateTransition _delete_stored(self, str key, str writer, int64_t ts, bint merging):
+        # an absent key: no version bump, no transition (from delete and from merges alike)
+        cdef object old = self._data.pop(key, _MISSING)
+        if old is _MISSING:
+            return None
+        self._versions[key] = _next_version()
+        return _transition(key, old, _MISSING, writer, ts, self._log)
 
     def __len__(self):
         return len(self._data)
@@ -402,15 +430,7 @@ cdef class StateStore(_StateView):
             TypeError: ``key`` or ``writer`` is not a ``str``, or ``value`` is not
                 JSON-serializable (the message names the key); nothing is stored.
         """
-        cdef str k = _check_key(key)
-        cdef str w = _check_writer(writer)
-        cdef object stored = _encode(k, value)
-        cdef object old = self._data.get(k, _MISSING)
-        self._data[k] = stored
-        self._versions[k] = _next_version()
-        cdef StateTransition t = _transition(k, old, stored, w, realtime_ns())
-        self._log.append(t)
-        return t
+        return self._set(key, value, writer)
 
     def delete(self, key, writer=""):
         """Remove ``key``.
@@ -426,15 +446,7 @@ cdef class StateStore(_StateView):
         Raises:
             TypeError: ``key`` or ``writer`` is not a ``str``.
         """
-        cdef str k = _check_key(key)
-        cdef str w = _check_writer(writer)
-        cdef object old = self._data.pop(k, _MISSING)
-        if old is _MISSING:
-            return None
-        self._versions[k] = _next_version()
-        cdef StateTransition t = _transition(k, old, _MISSING, w, realtime_ns())
-        self._log.append(t)
-        return t
+        return self._delete(key, writer)
 
     def apply(self, sets, deletes=(), writer=""):
         """Atomically apply many sets, then many deletes (all or nothing).
@@ -508,15 +520,6 @@ cdef class StateStore(_StateView):
         """Return the number of recorded transitions."""
         return len(self._log)
 
-    def transitions(self, since=0):
-        """Return the transitions with index >= ``since`` as a new list.
-
-        Raises:
-            ValueError: ``since`` is negative.
-        """
-        if since < 0:
-            raise ValueError(f"since must be >= 0, got {since}")
-        return self._log[since:]
 
 
 cdef class Overlay(_StateView):
@@ -571,12 +574,7 @@ cdef class Overlay(_StateView):
     cdef object _raw(self, str key, bint track):
         if track:
             self._touch(key)
-        cdef object v = self._local.get(key, _MISSING)
-        if v is not _MISSING:
-            return v
-        if key in self._tombs:
-            return _MISSING
-        return self.parent._raw(key, False)
+        return self._visible(key)
 
     cdef int64_t _view_version(self, str key):
         if key in self._local or key in self._tombs:
@@ -605,32 +603,28 @@ cdef class Overlay(_StateView):
             if k not in self._base:
                 self._base[k] = v
 
-    cdef list _apply_stored(self, dict sets, list deletes, str writer):
-        cdef int64_t ts = realtime_ns()
-        cdef list out = []
-        cdef StateTransition t
-        cdef str k
-        for k, v in sets.items():
-            self._touch(k)
-            old = self._visible(k)
-            self._local[k] = v
-            self._tombs.pop(k, None)
-            self._lversions[k] = _next_version()
-            t = _transition(k, old, v, writer, ts)
-            self._log.append(t)
-            out.append(t)
-        for k in deletes:
-            self._touch(k)
-            old = self._visible(k)
-            self._local.pop(k, None)
-            self._tombs[k] = None
-            self._lversions[k] = _next_version()
-            if old is _MISSING:
-                continue
-            t = _transition(k, old, _MISSING, writer, ts)
-            self._log.append(t)
-            out.append(t)
-        return out
+    cdef StateTransition _set_stored(self, str key, object stored, str writer, int64_t ts):
+        self._touch(key)
+        cdef object old = self._visible(key)
+        self._local[key] = stored
+        self._tombs.pop(key, None)
+        self._lversions[key] = _next_version()
+        return _transition(key, old, stored, writer, ts, self._log)
+
+    cdef StateTransition _delete_stored(self, str key, str writer, int64_t ts, bint merging):
+        # delete() of a key that is not visible here is a no-op (the key only counts as
+        # touched); a merged child's tombstone is kept (and versioned) even then, without
+        # a transition.
+        self._touch(key)
+        cdef object old = self._visible(key)
+        if old is _MISSING and not merging:
+            return None
+        self._local.pop(key, None)
+        self._tombs[key] = None
+        self._lversions[key] = _next_version()
+        if old is _MISSING:
+            return None
+        return _transition(key, old, _MISSING, writer, ts, self._log)
 
     def set(self, key, value, writer=""):
         """Set ``key`` locally (invisible to the parent until merged).
@@ -646,17 +640,7 @@ cdef class Overlay(_StateView):
         Raises:
             TypeError: as :meth:`StateStore.set`; nothing is stored.
         """
-        cdef str k = _check_key(key)
-        cdef str w = _check_writer(writer)
-        cdef object stored = _encode(k, value)
-        self._touch(k)
-        cdef object old = self._visible(k)
-        self._local[k] = stored
-        self._tombs.pop(k, None)
-        self._lversions[k] = _next_version()
-        cdef StateTransition t = _transition(k, old, stored, w, realtime_ns())
-        self._log.append(t)
-        return t
+        return self._set(key, value, writer)
 
     def delete(self, key, writer=""):
         """Delete ``key`` locally (a tombstone hides the parent's key).
@@ -668,18 +652,7 @@ cdef class Overlay(_StateView):
         Raises:
             TypeError: ``key`` or ``writer`` is not a ``str``.
         """
-        cdef str k = _check_key(key)
-        cdef str w = _check_writer(writer)
-        self._touch(k)
-        cdef object old = self._visible(k)
-        if old is _MISSING:
-            return None
-        self._local.pop(k, None)
-        self._tombs[k] = None
-        self._lversions[k] = _next_version()
-        cdef StateTransition t = _transition(k, old, _MISSING, w, realtime_ns())
-        self._log.append(t)
-        return t
+        return self._delete(key, writer)
 
     def is_local(self, key):
         """Whether ``key`` has a local (unmerged) set or delete in this overlay.
@@ -712,19 +685,8 @@ cdef class Overlay(_StateView):
         self._local.pop(k, None)
         self._tombs.pop(k, None)
         self._lversions.pop(k, None)
-        cdef StateTransition t = _transition(k, old, self._visible(k), w, realtime_ns())
-        self._log.append(t)
-        return t
+        return _transition(k, old, self._visible(k), w, realtime_ns(), self._log)
 
-    def transitions(self, since=0):
-        """Return the local transitions with index >= ``since`` (kept across merges).
-
-        Raises:
-            ValueError: ``since`` is negative.
-        """
-        if since < 0:
-            raise ValueError(f"since must be >= 0, got {since}")
-        return self._log[since:]
 
     def changes(self):
         """Return copies of the pending local changes.

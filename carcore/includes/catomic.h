@@ -35,6 +35,34 @@ static inline int car_add_overflow(int64_t a, int64_t b, int64_t *out) {
     return __builtin_add_overflow(a, b, out);
 }
 
+/* Atomically add d to *p unless the sum overflows int64 or exceeds cap; with
+ * saturate (for d >= 0), an overflowing sum is clamped to INT64_MAX instead.  A CAS
+ * loop: the check and the store are one atomic step.  Returns 1 and sets *out to the
+ * new value when applied; returns 0, leaving *p unchanged, and sets *out to the value
+ * that was seen, otherwise. */
+static inline int car_atomic_add_bounded(int64_t *p, int64_t d, int64_t cap, int saturate,
+                                         int64_t *out) {
+    int64_t cur = car_atomic_load(p);
+    int64_t next;
+    for (;;) {
+        if (car_add_overflow(cur, d, &next)) {
+            if (!saturate) {
+                *out = cur;
+                return 0;
+            }
+            next = INT64_MAX;
+        }
+        if (next > cap) {
+            *out = cur;
+            return 0;
+        }
+        if (car_atomic_cas(p, &cur, next)) {
+            *out = next;
+            return 1;
+        }
+    }
+}
+
 static inline double car_bits_to_f64(int64_t bits) {
     double d;
     memcpy(&d, &bits, sizeof d);

@@ -69,6 +69,7 @@ cdef extern from "catomic.h" nogil:
     int64_t car_atomic_fetch_add(int64_t *p, int64_t d)
     bint car_atomic_cas(int64_t *p, int64_t *expected, int64_t desired)
     bint car_add_overflow(int64_t a, int64_t b, int64_t *out)
+    bint car_atomic_add_bounded(int64_t *p, int64_t d, int64_t cap, bint saturate, int64_t *out)
     double car_bits_to_f64(int64_t bits)
     int64_t car_f64_to_bits(double d)
     bint car_is_lock_free_int64()

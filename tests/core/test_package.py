@@ -25,6 +25,7 @@ def test_all_sorted_and_complete():
     assert set(carcore.__all__) == {
         "BudgetCounters", "CarError", "Event", "EventLog", "LogCorruptedError",
         "MergeConflictError", "Overlay", "RecoveryReport", "StateStore", "StateTransition",
+        "check_json_value",
     }
     for name in carcore.__all__:
         assert getattr(carcore, name) is not None
