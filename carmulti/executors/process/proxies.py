@@ -20,6 +20,8 @@ from typing import Any, Protocol
 
 import orjson
 
+from carcore import check_json_value
+
 from ...types import Message
 from .payloads import FRAME_OVERHEAD, decode_value, encode_value, too_big
 
@@ -105,21 +107,10 @@ class StateView:
 
         Raises:
             TypeError: ``key`` is not a str or ``value`` is not JSON-serializable
-                (non-finite float, integer outside 64 bits, datetime, dataclass, ...).
+                (non-finite float, integer outside 64 bits, datetime, dataclass, ...),
+                from ``carcore.check_json_value``.
         """
-        if not isinstance(key, str):
-            raise TypeError(f"state key must be a str, got {type(key).__name__}")
-        t = type(value)
-        if t is float and not math.isfinite(value):
-            raise TypeError(f"state value for key {key!r} is not JSON-serializable: "
-                            f"non-finite float {value!r} has no JSON representation")
-        if t is int and not -(2**63) <= value < 2**64:
-            raise TypeError(f"state value for key {key!r} is not JSON-serializable: "
-                            f"integer {value} exceeds the 64-bit range")
-        try:
-            b = orjson.dumps(value, option=_STRICT_JSON)
-        except TypeError as exc:
-            raise TypeError(f"state value for key {key!r} is not JSON-serializable: {exc}") from None
+        b = check_json_value(value, key)  # the store's own compiled check: same rules, same messages
         self._sets[key] = b
         self._dels.discard(key)
         self.ops.append(["s", key, orjson.Fragment(b), writer or ""])

@@ -222,6 +222,7 @@ class WorkerSupervisor:
         w.proc.reap(1.0)
         if w.dead:
             return
+        self.transport.on_readable()  # results it sent before it died count: read them before failing its jobs
         w.dead = True
         if w.kill_reason is not None:
             reason = f"worker {w.pid} was killed (SIGKILL) because {w.kill_reason}"
