@@ -68,16 +68,7 @@ class TcpTransport(Transport):
     def open(self) -> None:
         """Bind on every interface at a random port; workers connect to this node's address."""
         ray = _ray()
-        ctx = self.ctx = zmq.Context()
-        sock = self.sock = ctx.socket(zmq.ROUTER)
-        c = self.config
-        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        sock.setsockopt(zmq.SNDHWM, c.hwm)
-        sock.setsockopt(zmq.RCVHWM, c.hwm)
-        sock.setsockopt(zmq.LINGER, 0)
-        from .process import wire
-
-        sock.setsockopt(zmq.MAXMSGSIZE, c.max_frame_bytes + wire.SOCKET_SLACK)
+        sock = self._router()
         self._client: dict[str, str] = {}
         if zmq.has("curve"):
             server_public, server_secret = zmq.curve_keypair()
@@ -88,7 +79,7 @@ class TcpTransport(Transport):
                             "secret": client_secret.decode()}
         port = sock.bind_to_random_port("tcp://0.0.0.0")
         self.endpoint = f"tcp://{ray.util.get_node_ip_address()}:{port}"
-        self.state.loop.add_reader(sock.FD, self.on_readable)  # type: ignore[union-attr]
+        self._start_reading()
 
     def client_options(self) -> dict[str, Any]:
         """The CURVE keys a worker needs (given to actors through Ray, never over the socket)."""

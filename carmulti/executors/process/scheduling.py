@@ -396,17 +396,7 @@ class Scheduler:
         """
         log.warning("ProcessExecutor: re-running idempotent agent %r (attempt %d) after: %s",
                     p.job.spec.name, p.attempts + 1, reason)
-        if p.deadline is not None:
-            p.deadline.cancel()
-            p.deadline = None
-        if p.tasks:
-            for t in p.tasks:
-                t.cancel()
-            p.tasks = None
-        if p.objects:
-            for oid in p.objects:
-                self.services.unpin(oid)
-            p.objects = None
+        self._drop_attempt(p)
         p.attempts += 1
         p.worker = None
         p.unsent = True
@@ -420,15 +410,7 @@ class Scheduler:
         p.done = True
         self.pending.pop(p.id, None)
         self.shipped.release(p.runner_entry, p.coordination_entry)
-        if p.deadline is not None:
-            p.deadline.cancel()
-            p.deadline = None
-        if p.tasks:
-            for t in p.tasks:
-                t.cancel()
-        if p.objects:
-            for oid in p.objects:
-                self.services.unpin(oid)
+        self._drop_attempt(p)
         b = p.batch
         if b is not None:
             if b.fut.done():
@@ -445,6 +427,20 @@ class Scheduler:
                 p.fut.set_exception(exc)
             else:
                 p.fut.set_result(run)  # type: ignore[arg-type]
+
+    def _drop_attempt(self, p: PendingJob) -> None:
+        """Release what one attempt of ``p`` holds: its deadline, the requests served for it, pinned mailboxes."""
+        if p.deadline is not None:
+            p.deadline.cancel()
+            p.deadline = None
+        if p.tasks:
+            for t in p.tasks:
+                t.cancel()
+            p.tasks = None
+        if p.objects:
+            for oid in p.objects:
+                self.services.unpin(oid)
+            p.objects = None
 
     def cancel(self, p: PendingJob) -> None:
         """The caller cancelled: forget the job, and cancel it in its worker if it was sent."""

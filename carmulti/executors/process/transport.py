@@ -70,6 +70,11 @@ class Transport:
         """Bind the ROUTER on a fresh ``ipc://`` endpoint and start reading."""
         self.dir = tempfile.mkdtemp(prefix=DIR_PREFIX)
         self.endpoint = f"ipc://{self.dir}/coordinator"
+        self._router().bind(self.endpoint)
+        self._start_reading()
+
+    def _router(self) -> "zmq.Socket[Any]":
+        """A fresh ROUTER with the executor's options (not bound yet)."""
         ctx = self.ctx = zmq.Context()
         sock = self.sock = ctx.socket(zmq.ROUTER)
         c = self.config
@@ -78,8 +83,10 @@ class Transport:
         sock.setsockopt(zmq.RCVHWM, c.hwm)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, c.max_frame_bytes + wire.SOCKET_SLACK)  # bigger: the sender is cut off
-        sock.bind(self.endpoint)
-        self.state.loop.add_reader(sock.FD, self.on_readable)  # type: ignore[union-attr]
+        return sock
+
+    def _start_reading(self) -> None:
+        self.state.loop.add_reader(self.sock.FD, self.on_readable)  # type: ignore[union-attr]
 
     def close(self) -> None:
         """Stop reading, close the socket, end the context (bounded), remove the directory."""
@@ -195,11 +202,7 @@ class Transport:
         got_results = False
         lookup = self._lookup
         try:
-            while True:
-                events = sock.getsockopt(zmq.EVENTS)
-                assert isinstance(events, int)  # ZMQ_EVENTS is an int option (pyzmq types every int option int | bytes)
-                if not events & zmq.POLLIN:
-                    break
+            while wire.has_input(sock):
                 frames = sock.recv_multipart(zmq.NOBLOCK)
                 w = lookup(frames[0])
                 if w is None or w.dead:

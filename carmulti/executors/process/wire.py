@@ -62,12 +62,13 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import orjson
+import zmq
 
 from ...errors import WireProtocolError
 from .payloads import OUTPUT_FIELDS, SURROGATE_TAG
 
 __all__ = ["DEFAULT_MAX_FRAME_BYTES", "SOCKET_SLACK", "TO_COORDINATOR", "TO_WORKER", "VERSION", "decode", "encode",
-           "encode_job", "encode_result", "encode_spec", "salvage_ids"]
+           "encode_job", "encode_result", "encode_spec", "has_input", "salvage_ids"]
 
 #: The protocol version byte (frame 0 of every message).
 VERSION = b"\x01"
@@ -139,6 +140,12 @@ def decode(frames: list[bytes], kinds: dict[str, Check], max_frame_bytes: int = 
         _fail("$", f"kind {t!r} takes 2 frames, got 3")
     check(body, blob is not None)  # type: ignore[misc]
     return body, blob
+
+
+def has_input(sock: Any) -> bool:
+    """Whether a ZeroMQ socket has a message ready (``ZMQ_EVENTS`` has ``POLLIN``): both sides' read loops."""
+    events: int = sock.getsockopt(zmq.EVENTS)
+    return bool(events & zmq.POLLIN)
 
 
 def salvage_ids(raw: bytes, field: str, key: str) -> list[int]:

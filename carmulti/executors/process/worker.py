@@ -232,11 +232,7 @@ class WorkerProcess:
     def _on_readable(self) -> None:
         sock = self.sock
         try:
-            while True:
-                events = sock.getsockopt(zmq.EVENTS)
-                assert isinstance(events, int)  # ZMQ_EVENTS is an int option (pyzmq types every int option int | bytes)
-                if not events & zmq.POLLIN:
-                    break
+            while wire.has_input(sock):
                 frames = sock.recv_multipart(zmq.NOBLOCK)
                 try:
                     body, blob = wire.decode(frames, wire.TO_WORKER, self.max_frame_bytes)
