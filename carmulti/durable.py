@@ -36,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from typing import Any, Iterable, Iterator
 
 import orjson
@@ -169,6 +170,12 @@ async def reissue(executor: Any, calls: Iterable[list[Any]]) -> None:
             pass
 
 
+#: A record line as ``Journal`` writes it: the key is found without parsing the JSON (the
+#: journal was verified by ``EventLog.open`` just before it is scanned).
+_RECORD = re.compile(rb'^[0-9a-f]{8} \{"seq":\d+,"ts_ns":\d+,"kind":"agent\.done","agent":"(?:[^"\\]|\\.)*",'
+                     rb'"action_id":null,"proposal_id":null,"data":\{"key":"([0-9a-f]{64}:\d+)"', re.M)
+
+
 class Journal:
     """The finished agents of a journaled coordination: keys, records, replays.
 
@@ -180,17 +187,31 @@ class Journal:
         replayed: Agents replayed from a record so far.
     """
 
-    __slots__ = ("log", "done", "counts", "replayed")
+    __slots__ = ("log", "done", "counts", "replayed", "_raw")
 
     def __init__(self, log: Any) -> None:
         self.log = log
-        self.done: dict[str, dict[str, Any]] = {}
-        for e in log.filter(kind=DONE_KIND):
-            d = e.data
-            if type(d) is dict and type(d.get("key")) is str and type(d.get("output")) is dict:
-                self.done.setdefault(d["key"], d)
+        self.done: dict[str, Any] = {}  # key -> (start, end) of its record in _raw, or its data
+        self._raw = memoryview(b"")
         self.counts: dict[str, int] = {}
         self.replayed = 0
+        if not len(log):
+            return
+        path = log.path
+        if path is None:  # an in-memory log: decode its events
+            for e in log.filter(kind=DONE_KIND):
+                d = e.data
+                if type(d) is dict and type(d.get("key")) is str and type(d.get("output")) is dict:
+                    self.done.setdefault(d["key"], d)
+            return
+        with open(path, "rb") as f:
+            raw = f.read()
+        done = self.done
+        for m in _RECORD.finditer(raw):
+            key = m.group(1).decode()
+            if key not in done:
+                done[key] = (m.start() + 9, raw.index(b"\n", m.end()))
+        self._raw = memoryview(raw)
 
     def key(self, job: AgentJob) -> str:
         """The key of ``job``: its digest and its occurrence among the jobs submitted so far (counts it)."""
@@ -202,9 +223,16 @@ class Journal:
 
     def take(self, key: str) -> dict[str, Any] | None:
         """The record of ``key``, if there is one (each record is replayed once)."""
-        if not self.done:
+        done = self.done
+        if not done:
             return None
-        return self.done.pop(key, None)
+        at = done.pop(key, None)
+        if at is None or type(at) is dict:
+            return at
+        rec: dict[str, Any] = orjson.loads(self._raw[at[0]:at[1]])["data"]
+        if not done:
+            self._raw = memoryview(b"")  # every record replayed: drop the file's bytes
+        return rec
 
     @staticmethod
     def prepare(job: AgentJob) -> None:
@@ -221,34 +249,44 @@ class Journal:
         calls = rec.get("calls")
         if calls and job.tool_executor is not None:
             await reissue(job.tool_executor, calls)
-        writes = rec.get("writes") or ()
+        writes = rec.get("writes")
         ctx = None
         if job.isolated:
             ctx = AgentContext(job.spec.name, state)
-            apply_writes(ctx.local_state, writes)
+            if writes:
+                apply_writes(ctx.local_state, writes)
         elif writes:
             apply_writes(state, writes)
         out = AgentOutput.from_dict(rec["output"])
         self.replayed += 1
         return AgentRun(out, None, out.duration_ms, ctx)
 
-    def entry(self, key: str, job: AgentJob, run: AgentRun) -> dict[str, Any] | None:
-        """The journal record of a finished run, or ``None`` when it did not succeed."""
+    @staticmethod
+    def entry(key: str, job: AgentJob, run: AgentRun) -> dict[str, Any] | None:
+        """The journal record (``append_batch`` form) of a finished run, or ``None`` when it did not succeed."""
         out = run.output
         if out is None or run.error is not None:
             return None
-        data: dict[str, Any] = {"key": key, "name": job.spec.name, "task": job.task[:TASK_HEAD],
-                                "output": out.to_dict(), "writes": run.writes or [], "isolated": job.isolated}
+        name = job.spec.name
+        data: dict[str, Any] = {"key": key, "name": name, "task": job.task[:TASK_HEAD], "output": out.to_dict(),
+                                "writes": run.writes or [], "isolated": job.isolated}
         tex = job.tool_executor
         if type(tex) is RecordingTools and tex.calls:
             data["calls"] = tex.calls
-        return {"kind": DONE_KIND, "data": data, "agent": job.spec.name}
+        return {"kind": DONE_KIND, "data": data, "agent": name}
 
     def record(self, key: str, job: AgentJob, run: AgentRun) -> None:
         """Append the record of ``job`` if it succeeded."""
-        rec = self.entry(key, job, run)
-        if rec is not None:
-            self.log.append(DONE_KIND, rec["data"], agent=rec["agent"])
+        out = run.output
+        if out is None or run.error is not None:
+            return
+        name = job.spec.name
+        data: dict[str, Any] = {"key": key, "name": name, "task": job.task[:TASK_HEAD], "output": out.to_dict(),
+                                "writes": run.writes or [], "isolated": job.isolated}
+        tex = job.tool_executor
+        if type(tex) is RecordingTools and tex.calls:
+            data["calls"] = tex.calls
+        self.log.append(DONE_KIND, data, agent=name)
 
     def record_many(self, entries: Iterable[dict[str, Any] | None]) -> None:
         """Append the records of finished runs in one write (``None`` entries skipped)."""
