@@ -478,3 +478,52 @@ def test_journal_arguments_are_checked(tmp_path):
     with pytest.raises(TypeError, match="str or os.PathLike"):
         SharedInfra(journal=3)  # type: ignore[arg-type]
     assert not (tmp_path / "j").exists()
+
+
+async def test_odd_agent_names_and_the_agents_own_events_are_in_the_journal(make_infra, tmp_path):
+    """Names with quotes and backslashes are found again on reopening; the agents' own events (here a
+    state write through an action) land in the journal with the records, on every executor."""
+    journal = tmp_path / "j"
+
+    names = ['say "hi"', "back\\slash", "plain"]
+    infra = make_infra(journal=journal)
+    first = await Swarm([AgentSpec(n) for n in names]).run("t", LineRunner(tmp_path / "c", "rec"), infra)
+    await infra.aclose()
+    infra = make_infra(journal=journal)
+    again = await Swarm([AgentSpec(n) for n in names]).run("t", LineRunner(tmp_path / "c", "again"), infra)
+    assert again.to_dict() == first.to_dict() and infra.replayed == 3 and lines(tmp_path / "c", "again") == []
+    await infra.aclose()
+
+    class ActionRunner:
+        async def run(self, spec: AgentSpec, task: str, runtime: Any, mailbox: Any) -> str:
+            action = Action(id="w", action_type=ActionType.STATE_WRITE, parameters={"key": "k", "value": 1})
+            await runtime.execute(ActionProposal(id="p", source=spec.name, actions=[action]))
+            return "done"
+
+    infra = make_infra(journal=tmp_path / "j2")
+    await Swarm([AgentSpec("writer")]).run("t", ActionRunner(), infra)
+    await infra.aclose()
+    async with SharedInfra(journal=tmp_path / "j2") as reopened:
+        kinds = [(e.kind, e.agent) for e in reopened.log]
+        assert ("state_changed", "writer") in kinds and kinds[-1] == (DONE_KIND, "writer")
+        assert reopened.state.get("k") is None  # nothing replayed yet: the store is fresh
+        await Swarm([AgentSpec("writer")]).run("t", ActionRunner(), reopened)
+        assert reopened.replayed == 1 and reopened.state.get("k") == 1  # the recorded write, applied again
+
+
+def test_a_journal_over_an_in_memory_log_indexes_its_records():
+    from carcore import EventLog
+
+    from carmulti.durable import Journal
+    from carmulti.executors import AgentJob
+
+    log = EventLog()
+    j = Journal(log)
+    job = AgentJob(AgentSpec("a"), "t")
+    key = j.key(job)
+    from carmulti.executors import AgentRun
+
+    j.record(key, job, AgentRun(AgentOutput("a", "x", turns=1), None, 1.0))
+    j2 = Journal(log)
+    rec = j2.take(j2.key(AgentJob(AgentSpec("a"), "t")))
+    assert rec is not None and rec["output"]["answer"] == "x" and rec["key"] == key
