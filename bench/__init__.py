@@ -12,6 +12,7 @@ SCENARIOS: dict[str, str] = {
     "stdlib": "bench.stdlib",
     "fanout": "bench.fanout",
     "mapreduce": "bench.mapreduce",
+    "resume": "bench.resume",
     "rounds": "bench.rounds",
     "mailbox": "bench.mailbox",
     "core": "bench.core",

@@ -22,6 +22,7 @@ Every error carmulti raises on purpose derives from :class:`carcore.CarError`::
                ├── ToolError               a tool call failed (message becomes the action's error)
                ├── WireProtocolError       a malformed frame between coordinator and worker
                ├── WorkspaceError          a workspace could not be provisioned
+               ├── ReplayDivergence        ``replay diverged at agent '{agent}': {reason}`` (ReplayRunner)
                └── LLMRunnerError          a model call failed (carmulti.runners: model, endpoint, HTTP status)
 
 The display texts in the right-hand column are the Rust crate's (car-multi
@@ -54,6 +55,7 @@ __all__ = [
     "MultiError",
     "NoOutput",
     "PoolAtCapacity",
+    "ReplayDivergence",
     "ToolError",
     "UnknownSpecialist",
     "WireProtocolError",
@@ -301,6 +303,21 @@ class WireProtocolError(MultiError):
 
 class WorkspaceError(MultiError):
     """A workspace could not be provisioned (the message says why and how to fix it)."""
+
+
+class ReplayDivergence(MultiError):
+    """A replay asked for an agent run the journal has no record of (:class:`carmulti.testing.ReplayRunner`).
+
+    Args:
+        agent: The agent's name.
+        reason: What differs from the recorded run (e.g. ``no recorded run of
+            agent 'x' with this task; recorded tasks for 'x' start with ...``).
+    """
+
+    def __init__(self, agent: str, reason: str) -> None:
+        self.agent = agent
+        self.reason = reason
+        super().__init__(f"replay diverged at agent '{agent}': {reason}")
 
 
 _DEPRECATED = {"SupervisorGaveUp": ("WorkerPoolGaveUp", WorkerPoolGaveUp)}

@@ -111,23 +111,58 @@ async def run_one(infra: "SharedInfra", runner: "AgentRunner", job: AgentJob, *,
                   timeout_s: float | None = None) -> AgentRun:
     """Run one admitted agent on the coordination's executor.
 
+    On a journaled coordination (``SharedInfra(journal=...)``, see
+    :mod:`carmulti.durable`) an agent with a record is replayed instead of run,
+    and one that succeeds is recorded before its run is returned.
+
     Args:
         timeout_s: A bound of the caller's on this run, in seconds (``Fleet``'s
             ``agent_timeout_s``); the shorter of it and ``infra.agent_timeout_s``
             applies, with the executor's own timeout handling (cancel, grace,
             ``timeout after {n}s``).
     """
-    return await infra.executor.run_agent(runner, job, _coordination(infra, timeout_s))
+    journal = infra.journal
+    if journal is None:
+        return await infra.executor.run_agent(runner, job, _coordination(infra, timeout_s))
+    key = journal.key(job)
+    rec = journal.take(key)
+    if rec is not None:
+        return await journal.replay(job, rec, infra.state)
+    journal.prepare(job)
+    run = await infra.executor.run_agent(runner, job, _coordination(infra, timeout_s))
+    journal.record(key, job, run)
+    return run
 
 
 async def run_many(infra: "SharedInfra", runner: "AgentRunner", jobs: Sequence[AgentJob], *,
                    timeout_s: float | None = None) -> list[AgentRun]:
     """Run admitted agents concurrently on the coordination's executor; results in job order.
 
+    Journaled: as :func:`run_one`, the recorded ones replayed (in job order),
+    the others run as one batch and recorded together.
+
     Args:
         timeout_s: As for :func:`run_one`, for every job.
     """
-    return await infra.executor.run_batch(runner, jobs, _coordination(infra, timeout_s))
+    journal = infra.journal
+    if journal is None:
+        return await infra.executor.run_batch(runner, jobs, _coordination(infra, timeout_s))
+    keys = [journal.key(job) for job in jobs]  # submission order, before anything runs
+    runs: list[AgentRun | None] = [None] * len(jobs)
+    todo: list[int] = []
+    for i, job in enumerate(jobs):
+        rec = journal.take(keys[i])
+        if rec is None:
+            journal.prepare(job)
+            todo.append(i)
+        else:
+            runs[i] = await journal.replay(job, rec, infra.state)
+    if todo:
+        done = await infra.executor.run_batch(runner, [jobs[i] for i in todo], _coordination(infra, timeout_s))
+        journal.record_many([journal.entry(keys[i], jobs[i], run) for i, run in zip(todo, done)])
+        for i, run in zip(todo, done):
+            runs[i] = run
+    return runs  # type: ignore[return-value]  # every slot is filled
 
 
 def publish(infra: "SharedInfra", output: AgentOutput, run: AgentRun | None = None, *,

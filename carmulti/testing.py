@@ -7,6 +7,8 @@
   :meth:`ScriptedRunner.assert_consumed`, on steps never used
   (:class:`UnconsumedSteps`) -- like openai-agents' ``ScriptedModel``.
 * :class:`FunctionRunner` wraps a plain ``async def`` as a runner.
+* :class:`ReplayRunner` answers from a journal (``SharedInfra(journal=...)``)
+  and raises :class:`~carmulti.ReplayDivergence` for a run it has no record of.
 
 All are picklable with dill, so they run on the process executor too; there
 each worker runs its own copy, so what a runner *records* (``EchoRunner.calls``,
@@ -21,12 +23,16 @@ import asyncio
 import collections
 import functools
 import inspect
+import os
 import time
 from typing import Any, Awaitable, Callable, Iterable, Mapping, Union
 
+from .durable import TASK_HEAD, apply_writes, job_digest, read_records, reissue
+from .errors import ReplayDivergence
 from .types import AgentOutput, AgentSpec, TokenAccounting
 
-__all__ = ["EchoRunner", "FunctionRunner", "ScriptedRunner", "Step", "UnconsumedSteps", "UnexpectedAgentCall"]
+__all__ = ["EchoRunner", "FunctionRunner", "ReplayRunner", "ScriptedRunner", "Step", "UnconsumedSteps",
+           "UnexpectedAgentCall"]
 
 #: One scripted step: an answer, a full output, an exception to raise, or a
 #: callable ``(spec, task) -> answer``.
@@ -158,6 +164,93 @@ class FunctionRunner:
             raise TypeError(f"FunctionRunner: {_callable_name(self.fn)!r} returned {type(result).__name__}, not an "
                             "awaitable: define it with 'async def' (wrap blocking work in asyncio.to_thread)")
         return await result
+
+
+class ReplayRunner:
+    """Answers every agent from the records of a journal (``SharedInfra(journal=PATH)``); never calls a model.
+
+    A call is matched to the records of the same inputs (spec name, system
+    prompt, tools, metadata and task: ``carmulti.durable.job_digest``); the
+    n-th call with those inputs in this process gets their n-th recorded run
+    (after the last, the last again). It issues the run's recorded
+    agent-starting tool calls again through ``runtime.executor`` (a
+    ``Delegator``'s ``delegate``, a ``SpawnSubtask``'s ``spawn_subtask``: the
+    agents they start are answered from the journal too), applies its recorded
+    state writes through ``runtime.state`` and returns its recorded output.
+
+    Picklable (dill): on the process and Ray executors each worker reads the
+    journal itself, once, and counts occurrences for the calls it serves.
+
+    Args:
+        journal: The journal file (read without taking its writer lock, up to
+            its first damaged line).
+
+    Attributes:
+        calls: ``(agent name, task)`` per call, in call order (in-process only).
+
+    Raises (from ``run``):
+        ReplayDivergence: no recorded run has these inputs; the reason names
+            what differs (an agent never recorded, a task never recorded for it,
+            or the same task with another spec). Like any runner exception it
+            becomes the agent's ``error`` (a load-bearing agent: ``AgentFailed``).
+    """
+
+    def __init__(self, journal: "str | os.PathLike[str]") -> None:
+        self.path = os.fspath(journal)
+        self.calls: list[tuple[str, str]] = []
+        self._by_digest: dict[str, list[dict[str, Any]]] | None = None
+        self._by_name: dict[str, list[dict[str, Any]]] = {}
+        self._seen: dict[str, int] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": self.path}  # each process reads the journal and counts for itself
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["path"])  # type: ignore[misc]
+
+    def _load(self) -> dict[str, list[dict[str, Any]]]:
+        by_digest: dict[str, list[tuple[int, dict[str, Any]]]] = {}
+        for d in read_records(self.path):
+            digest, _, n = d["key"].rpartition(":")
+            by_digest.setdefault(digest, []).append((int(n) if n.isdigit() else 0, d))
+            self._by_name.setdefault(str(d.get("name")), []).append(d)
+        index = {k: [d for _, d in sorted(v, key=lambda t: t[0])] for k, v in by_digest.items()}
+        self._by_digest = index
+        return index
+
+    def _why(self, name: str, task: str) -> str:
+        recs = self._by_name.get(name)
+        if not recs:
+            names = sorted(self._by_name)
+            shown = ", ".join(repr(n) for n in names[:8]) + (", ..." if len(names) > 8 else "")
+            return (f"no recorded run of agent {name!r} in {self.path}"
+                    + (f" (recorded agents: {shown})" if names else " (it records no agent)"))
+        head = task[:TASK_HEAD]
+        if any(r.get("task") == head for r in recs):
+            return (f"agent {name!r} was recorded with a task that starts the same, but its spec (system prompt, "
+                    f"tools, metadata) or the rest of its task differs")
+        heads = list(dict.fromkeys(str(r.get("task")) for r in recs))
+        shown = "; ".join(repr(h[:60] + ("..." if len(h) > 60 else "")) for h in heads[:3])
+        return (f"no recorded run of agent {name!r} with this task ({head[:60]!r}...); recorded tasks for "
+                f"{name!r} start with {shown}")
+
+    async def run(self, spec: AgentSpec, task: str, runtime: Any, mailbox: Any) -> AgentOutput:
+        self.calls.append((spec.name, task))
+        index = self._by_digest if self._by_digest is not None else self._load()
+        digest = job_digest(spec, task)
+        recs = index.get(digest)
+        if not recs:
+            raise ReplayDivergence(spec.name, self._why(spec.name, task))
+        n = self._seen.get(digest, 0)
+        self._seen[digest] = n + 1
+        rec = recs[min(n, len(recs) - 1)]
+        calls = rec.get("calls")
+        if calls and runtime.executor is not None:
+            await reissue(runtime.executor, calls)
+        writes = rec.get("writes")
+        if writes:
+            apply_writes(runtime.state, writes)
+        return AgentOutput.from_dict(rec["output"])
 
 
 def _callable_name(fn: Any) -> str:

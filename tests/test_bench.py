@@ -93,6 +93,20 @@ def _bench(tmp_path: Path, *argv: str) -> tuple[str, dict]:
     return proc.stdout, orjson.loads(out.read_bytes())
 
 
+@pytest.mark.parametrize("executor", ["local", "process"])
+def test_resume_bench_small_run_checks_every_replay(tmp_path: Path, executor: str) -> None:
+    stdout, data = _bench(tmp_path, "resume", "--items", "1500", "--concurrency", "50", "--reduce-fan-in", "16",
+                          "--repeat", "1", "--executor", executor)
+    assert "every replay checked: OK" in stdout
+    rows = data["rows"]
+    assert [r["name"] for r in rows] == ["journaled MapReduce", "replay of the finished journal", "journal size"]
+    assert [r["target_ratio"] for r in rows] == [0.87, 5.0, None]
+    assert rows[0]["baseline_name"] == "same run without a journal" and rows[1]["baseline_name"] == "the journaled run"
+    (rnd,) = data["extra"]["rounds"]
+    assert rnd["agents"] == data["extra"]["agents"] == 1500 + 94 + 6 + 1  # fan-in 16: 94, then 6, then the final
+    assert rnd["journal_bytes"] > 0 and data["params"]["executor"] == executor
+
+
 def test_fanout_local_with_langgraph_peer_and_plot(tmp_path: Path) -> None:
     png = tmp_path / "sweep.png"
     stdout, data = _bench(tmp_path, "fanout", "--agents", "300", "--repeat", "1", "--peers", "--plot", str(png),

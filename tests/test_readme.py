@@ -64,6 +64,34 @@ def test_readme_example_runs_as_a_script_on_both_executors(tmp_path: Path, execu
     assert "alice: NAME A PRIME NUMBER" in out.splitlines()[-1]
 
 
+def test_readme_durable_runs_example_crashes_then_runs_only_the_unfinished_agents(tmp_path: Path) -> None:
+    """The "Durable runs" example as written: killed mid-run, rerun, rerun again; the section's text
+    says what each run prints."""
+    code = next(b for b in _blocks("python") if "journal=" in b)
+    script = tmp_path / "job.py"
+    script.write_text(code)
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=90,
+                              cwd=tmp_path)
+
+    crashed = run("--crash")
+    assert crashed.returncode == 1, crashed.stderr
+    assert crashed.stdout.splitlines() == [f"running mapper_{i}" for i in range(5)]
+    resumed = run()
+    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.stdout.splitlines() == ["running mapper_4", "running mapper_5", "running reducer",
+                                           "replayed 4; - MAPPER_5: DOC 5"]
+    again = run()
+    assert again.returncode == 0 and again.stdout.splitlines() == ["replayed 7; - MAPPER_5: DOC 5"], again.stderr
+    section = README.split("## Durable runs\n", 1)[1].split("\n## ", 1)[0]
+    text = " ".join(section.split("```")[-1].split())
+    assert "`python job.py --crash` prints `running mapper_0` to `running mapper_4` and dies" in text
+    assert ("then prints only `running mapper_4`, `running mapper_5`, `running reducer` and "
+            "`replayed 4; - MAPPER_5: DOC 5`") in text
+    assert "`replayed 7; - MAPPER_5: DOC 5`" in text
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

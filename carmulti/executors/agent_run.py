@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Callable, Generator
 import orjson
 
 from .. import _strings as S
+from ..durable import RecordingState, overlay_writes
 from ..isolation import AgentContext, TaskScope
 from ..runtime import Runtime
 from ..types import AgentOutput, AgentSpec, TokenAccounting
@@ -96,9 +97,13 @@ async def run_agent(runner: "AgentRunner", job: AgentJob, env: AgentEnvironment,
     """
     spec = job.spec
     ctx: AgentContext | None = None
+    recorder: RecordingState | None = None
     if job.isolated:
         ctx = env.isolate(spec.name) if env.isolate is not None else AgentContext(spec.name, env.state)
         rt = Runtime(ctx.local_state, env.log, env.policies, agent=spec.name, budget=env.budget)
+    elif job.capture_writes:  # a journaled coordination records the agent's writes
+        recorder = RecordingState(env.state)
+        rt = Runtime(recorder, env.log, env.policies, agent=spec.name, budget=env.budget)
     else:
         rt = Runtime(env.state, env.log, env.policies, agent=spec.name, budget=env.budget)
     tools = job.tools
@@ -143,7 +148,10 @@ async def run_agent(runner: "AgentRunner", job: AgentJob, env: AgentEnvironment,
     if _warn_if_blocking(stepped, timeout, spec.name):
         return AgentRun(None, S.TIMEOUT.format(timeout=timeout), dur, ctx)
     output, err = check_output(result, spec, dur, rt)
-    return AgentRun(output, err, dur, ctx)
+    run = AgentRun(output, err, dur, ctx)
+    if job.capture_writes and err is None:
+        run.writes = recorder.ops if recorder is not None else overlay_writes(ctx) if ctx is not None else []
+    return run
 
 
 def exception_text(exc: BaseException) -> str:

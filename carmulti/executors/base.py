@@ -110,6 +110,8 @@ class AgentJob:
         validate_job_tools: Validate parameters of ``tools`` against their
             schemas (``False``: schemas are advertised only; see
             ``Runtime.register_tool(validate=...)``).
+        capture_writes: Report the agent's state writes in ``AgentRun.writes``
+            (set by the lifecycle when the coordination is journaled).
     """
 
     spec: AgentSpec
@@ -120,6 +122,7 @@ class AgentJob:
     mailbox: Any = None
     register_spec_tools: bool = True
     validate_job_tools: bool = True
+    capture_writes: bool = False
 
 
 @dataclass(slots=True)
@@ -135,12 +138,16 @@ class AgentRun:
         duration_ms: Measured wall time of the run, in milliseconds.
         context: The isolated overlay holder (``AgentContext``, with
             ``merge_to_parent(policy)`` and ``discard()``), or ``None``.
+        writes: With ``job.capture_writes``, the agent's state writes in order
+            (``["s", key, value, writer]`` / ``["d", key, writer]``; an isolated
+            agent's are its overlay's changes); ``None`` otherwise.
     """
 
     output: AgentOutput | None
     error: str | None
     duration_ms: float
     context: Any = None
+    writes: list[Any] | None = None
 
     @property
     def ok(self) -> bool:

@@ -70,6 +70,9 @@ class DelegateTool:
     executor again (so on a process executor it runs in a worker too).
     """
 
+    #: Calls a journaled coordination records and a replayed main agent issues again (``carmulti.durable``).
+    replayed_tools = frozenset({S.DELEGATE_TOOL})
+
     def __init__(self, specialists: Mapping[str, AgentSpec], runner: "AgentRunner", infra: "SharedInfra") -> None:
         self.specialists = dict(specialists)
         self.runner = runner

@@ -122,6 +122,9 @@ class SpawnSubtaskTool:
             (filled in when the sub-agent finishes).
     """
 
+    #: Calls a journaled coordination records and a replayed main agent issues again (``carmulti.durable``).
+    replayed_tools = frozenset({SPAWN_SUBTASK_TOOL})
+
     def __init__(self, main: AgentSpec, granted: Sequence[str], runner: "AgentRunner", infra: "SharedInfra", *,
                  subagent_prompt: str = DEFAULT_SUBAGENT_PROMPT,
                  subagent_max_turns: int = DEFAULT_SUBAGENT_MAX_TURNS,

@@ -268,7 +268,10 @@ class Scheduler:
         out = r.get("output")
         if err is None and out is not None:
             output = output_from_wire(out)
-            self.resolve(p, AgentRun(output, output.error, r["duration_ms"], ctx))  # error: reported by the runner
+            run = AgentRun(output, output.error, r["duration_ms"], ctx)  # error: reported by the runner
+            if p.job.capture_writes:
+                run.writes = writes or []
+            self.resolve(p, run)
         else:
             self.resolve(p, AgentRun(None, err or S.MISSING_RESULT, r["duration_ms"], ctx))
 
