@@ -143,12 +143,17 @@ class MapReduce:
             item_q: asyncio.Queue[Any] = asyncio.Queue(maxsize=width)
 
             async def pump_items() -> None:
+                ended = True
                 try:
                     async for x in items:
                         await item_q.put(x)
+                except asyncio.CancelledError:
+                    ended = False  # the stream is closing and cancels the feeders; the queue may be full
+                    raise
                 finally:
-                    for _ in range(width):
-                        await item_q.put(_END)
+                    if ended:
+                        for _ in range(width):
+                            await item_q.put(_END)
 
             pump = asyncio.ensure_future(pump_items())
 
