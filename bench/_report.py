@@ -119,7 +119,7 @@ class Report:
             from rich.console import Console
             from rich.markup import escape
             from rich.table import Table
-        except ImportError:  # rich is in the bench extra; degrade to plain text
+        except ImportError:  # (rich is a dependency of carmulti) degrade to plain text
             self._print_plain()
             return
         table = Table(title=f"bench {self.scenario}  " + "  ".join(f"{k}={v}" for k, v in self.params.items()))

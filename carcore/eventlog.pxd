@@ -37,6 +37,7 @@ cdef class EventLog:
     cdef int64_t _file_size
     cdef bint _closed
     cdef readonly object recovery
+    cdef list _waiters                # futures of subscriptions waiting for an append (subscribe)
 
     cdef int _reserve(self, Py_ssize_t extra) except -1
     cdef int _push(self, bytes j) except -1
@@ -45,3 +46,12 @@ cdef class EventLog:
     cdef int _sync(self) except -1
     cdef int _after_write(self, Py_ssize_t count) except -1
     cdef int _check_open(self) except -1
+    cdef int _wake(self) except -1
+
+
+cdef class Subscription:
+    cdef EventLog _log
+    cdef int64_t _next                # seq of the next event to yield (the cursor)
+    cdef int64_t _maxsize             # most events it may lag behind the log's end
+    cdef bint _done
+    cdef object _fut                  # the future it waits on, or None

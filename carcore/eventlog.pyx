@@ -7,6 +7,7 @@ Classes:
         materialized on read.
     Event: one record (read-only).
     RecoveryReport: what :meth:`EventLog.open` found and repaired.
+    Subscription: a live cursor over a log (:meth:`EventLog.subscribe`).
 
 Journal format (UTF-8 text, one record per line)::
 
@@ -57,18 +58,30 @@ Recovery (:meth:`EventLog.open`):
       :class:`carcore.errors.LogCorruptedError` is raised with the byte offset of the
       first bad record.  Damage is never skipped silently.
 
+Subscriptions (:meth:`EventLog.subscribe`):
+    A subscription is a cursor, not a queue: the log already keeps every event in
+    memory, so appending never blocks, never copies an event per subscriber and costs
+    one length check of the (usually empty) list of waiting subscriptions.  A
+    subscription yields the events after its cursor, then waits for the next append.
+    When more than ``maxsize`` events lie between its cursor and the log's end, it
+    yields one ``gap`` event naming the skipped range and continues ``maxsize`` events
+    before the end.  :meth:`EventLog.close` ends every subscription once it has yielded
+    the events it had not seen yet.
+
 Writers:
     A journal has exactly one writer: ``EventLog(path)`` and ``EventLog.open(path)``
     take an exclusive ``flock`` on the file (released on close or process death) and
     raise ``BlockingIOError`` when another EventLog, in this or another process, holds it.
 """
 
+cimport cython
 from libc.stdint cimport int64_t
 from libc.stdlib cimport realloc, free
 
 from carcore.includes cimport system
 from carcore.includes.system cimport realtime_ns, monotonic_ns
 
+import asyncio
 import errno
 import fcntl
 import logging
@@ -91,6 +104,7 @@ cdef tuple _POLICIES = ("always", "batch", "never")
 cdef frozenset _FIELDS = frozenset(("seq", "ts_ns", "kind", "agent", "action_id", "proposal_id", "data"))
 cdef frozenset _BATCH_KEYS = frozenset(("kind", "data", "agent", "action_id", "proposal_id", "ts_ns"))
 _HEX = frozenset(b"0123456789abcdef")
+_running_loop = asyncio._get_running_loop  # the running loop or None (C function)
 _CANDIDATE = re.compile(rb"[0-9a-f]{8} \{")
 
 
@@ -337,6 +351,7 @@ cdef class EventLog:
         self._closed = False
         self.recovery = None
         self._path = None
+        self._waiters = []
 
     def __init__(self, path=None, *, fsync="batch", batch_interval_s=0.01, batch_records=1024):
         self._configure(fsync, batch_interval_s, batch_records)
@@ -512,6 +527,25 @@ cdef class EventLog:
             raise ValueError("EventLog is closed")
         return 0
 
+    cdef int _wake(self) except -1:
+        # Resolve the futures of the waiting subscriptions (each re-checks the log).
+        # A future of another thread's loop is resolved through that loop.
+        cdef list waiters = self._waiters
+        self._waiters = []
+        running = _running_loop()
+        for fut in waiters:
+            if fut.done():  # its subscriber was cancelled
+                continue
+            loop = fut.get_loop()
+            if loop is running:
+                fut.set_result(None)
+            else:
+                try:
+                    loop.call_soon_threadsafe(_resolve, fut)
+                except RuntimeError:  # that loop is closed: nobody is waiting any more
+                    pass
+        return 0
+
     cdef int _write_all(self, bytes payload) except -1:
         cdef const char *p = PyBytes_AS_STRING(payload)
         cdef Py_ssize_t left = PyBytes_GET_SIZE(payload)
@@ -588,6 +622,8 @@ cdef class EventLog:
         self._push(j)
         if self._fd >= 0:
             self._after_write(1)
+        if self._waiters:
+            self._wake()
         return _make_event(seq, ts, k, agent, action_id, proposal_id, data, j)
 
     def append_batch(self, records):
@@ -651,6 +687,8 @@ cdef class EventLog:
             self._push(j)
         if self._fd >= 0:
             self._after_write(len(encoded))
+        if self._waiters:
+            self._wake()
         return first
 
     def __len__(self):
@@ -691,8 +729,67 @@ cdef class EventLog:
         if self._fd >= 0 and self._mode != 2 and self._unsynced:
             self._sync()
 
+    def subscribe(self, after=None, maxsize=10_000):
+        """Follow the log live: an async iterator of its events, from a cursor on.
+
+        ``async for e in log.subscribe(): ...`` yields the events already in the log,
+        in ``seq`` order, then each new one as it is appended (appends from another
+        thread wake the subscriber through its event loop).
+
+        Falling behind: when more than ``maxsize`` events lie between the subscription's
+        cursor and the log's end at the moment it reads, it yields one event
+        ``Event(seq=to, kind="gap", data={"from": from, "to": to})`` -- ``from`` and
+        ``to`` are the first and last skipped ``seq`` (inclusive); ``ts_ns`` is when the
+        gap was noticed -- and continues with event ``to + 1``, ``maxsize`` events
+        before the end.  So a subscriber is never more than ``maxsize`` events behind
+        once it reads, gets one gap per fall-behind, and ``e.seq`` of every item it
+        receives (gap included) is a cursor to resume from with ``subscribe(after=e.seq)``.
+        The appender never blocks and nothing is buffered per subscription: it is a
+        cursor over the events the log keeps anyway (a subscription that is never read
+        costs a few dozen bytes, however much is appended).
+
+        End: once the log is closed, the subscription yields the events it has not seen
+        (the gap rule still applies) and then stops (``StopAsyncIteration``); on a closed
+        log it does so at once.  :meth:`Subscription.aclose` (or leaving an ``async
+        with contextlib.aclosing(...)`` block) stops it early.  Cancelling a subscriber
+        waiting for an event leaves nothing behind; no task is ever created.
+
+        Args:
+            after (int | None): Cursor: yield the events with ``seq > after``; ``None``
+                (default) = from the first event (``seq`` 0).  A cursor at or beyond the
+                end waits for events past it.
+            maxsize (int): The most events the subscription may lag behind (>= 1).
+
+        Returns:
+            Subscription: An async iterator of :class:`Event`.
+
+        Raises:
+            TypeError: ``after`` is not an int or None, or ``maxsize`` not an int (a
+                bool is neither).
+            ValueError: ``after < 0`` or ``maxsize < 1``.
+        """
+        cdef int64_t start = 0
+        if after is not None:
+            if type(after) is bool or not isinstance(after, int):
+                raise TypeError(f"after must be an int or None, got {type(after).__name__}: {after!r}")
+            if after < 0:
+                raise ValueError(f"after must be >= 0 (or None), got {after}")
+            start = after + 1
+        if type(maxsize) is bool or not isinstance(maxsize, int):
+            raise TypeError(f"maxsize must be an int, got {type(maxsize).__name__}: {maxsize!r}")
+        if maxsize < 1:
+            raise ValueError(f"maxsize must be >= 1, got {maxsize}")
+        cdef Subscription sub = Subscription.__new__(Subscription)
+        sub._log = self
+        sub._next = start
+        sub._maxsize = maxsize
+        return sub
+
     def close(self):
         """Sync (unless ``fsync="never"``) and close the journal.  Idempotent.
+
+        Subscriptions yield what they have not seen yet and then stop
+        (see :meth:`subscribe`).
 
         Raises:
             OSError: the final fdatasync failed (the file is closed anyway).
@@ -700,6 +797,8 @@ cdef class EventLog:
         if self._closed:
             return
         self._closed = True
+        if self._waiters:
+            self._wake()
         cdef int fd = self._fd
         if fd < 0:
             return
@@ -734,3 +833,88 @@ cdef class EventLog:
             f"<EventLog path={self._path!r} events={self._n} fsync={self._fsync!r}"
             f"{' closed' if self._closed else ''}>"
         )
+
+
+def _resolve(fut):
+    if not fut.done():
+        fut.set_result(None)
+
+
+cdef Event _gap_event(int64_t first, int64_t last):
+    cdef dict data = {"from": first, "to": last}
+    cdef int64_t ts = realtime_ns()
+    cdef bytes j = _encode_record(last, ts, "gap", None, None, None, data)
+    return _make_event(last, ts, "gap", None, None, None, data, j)
+
+
+@cython.auto_pickle(False)
+cdef class Subscription:
+    """A live cursor over an :class:`EventLog`: an async iterator of its events.
+
+    Made by :meth:`EventLog.subscribe` (which describes cursors, gaps and the end);
+    one task reads it at a time.
+    """
+
+    def __init__(self, *args, **kwargs):
+        raise TypeError("Subscription cannot be created directly; use EventLog.subscribe()")
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        """The next event (or ``gap`` marker); waits for an append when there is none.
+
+        Raises:
+            StopAsyncIteration: the subscription ended (log closed and read to its end,
+                or :meth:`aclose`).
+            RuntimeError: another task is already waiting on this subscription.
+        """
+        cdef EventLog log = self._log
+        cdef int64_t n, first
+        while True:
+            if self._done:
+                raise StopAsyncIteration
+            n = log._n
+            if n - self._next > self._maxsize:
+                first = self._next
+                self._next = n - self._maxsize
+                return _gap_event(first, self._next - 1)
+            if self._next < n:
+                self._next += 1
+                return log._event_at(self._next - 1)
+            if log._closed:
+                self._done = True
+                raise StopAsyncIteration
+            if self._fut is not None:
+                raise RuntimeError("this subscription is already being read by another task")
+            fut = asyncio.get_running_loop().create_future()
+            log._waiters.append(fut)
+            self._fut = fut
+            try:
+                await fut
+            except BaseException:  # cancelled: leave nothing behind in the log
+                try:
+                    log._waiters.remove(fut)
+                except ValueError:
+                    pass
+                raise
+            finally:
+                self._fut = None
+
+    async def aclose(self):
+        """Stop the subscription: a read waiting for an event (and every later one) ends.
+
+        Idempotent.
+        """
+        self._done = True
+        fut = self._fut
+        if fut is not None:
+            loop = fut.get_loop()
+            if loop is _running_loop():
+                _resolve(fut)
+            else:
+                loop.call_soon_threadsafe(_resolve, fut)
+
+    def __repr__(self):
+        state = "done" if self._done else f"next_seq={self._next} maxsize={self._maxsize}"
+        return f"<Subscription {state} of {self._log!r}>"

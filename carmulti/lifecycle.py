@@ -8,7 +8,9 @@ merge its isolated overlay, record its spend and write ``agent.{name}.answer``
 :func:`run_load_bearing` and :func:`run_finalizer` are the two variants the
 patterns need for agents they cannot do without, or can. Also owns the outputs
 of agents that never ran (:func:`failed_output`, :func:`workspace_failed_output`)
-and the mailbox a group of agents shares (:func:`shared_mailbox`).
+and the mailbox a group of agents shares (:func:`shared_mailbox`). Every run that comes back,
+every refusal and every workspace failure is reported to :mod:`carmulti.progress` while a
+progress display runs for the coordination (one empty-dict test per agent otherwise).
 
 This is the only module between the patterns and the executors: patterns never
 import an executor's internals or a transport.
@@ -19,9 +21,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Sequence
 
 from . import _strings as S
+from . import progress
 from .budget import budget_skipped_output
 from .errors import AgentFailed, BudgetError, BudgetExhausted
-from .executors.base import AgentJob, AgentRun
+from .executors.base import AgentJob, AgentRun, Coordination
 from .mailbox import Mailbox
 from .types import AgentOutput, AgentSpec
 
@@ -38,8 +41,13 @@ def failed_output(name: str, error: str, duration_ms: float = 0.0) -> AgentOutpu
     return AgentOutput(name=name, error=error, duration_ms=duration_ms)
 
 
-def workspace_failed_output(name: str, err: BaseException | str) -> AgentOutput:
-    """``error = "workspace provisioning failed: {err}"``; no budget slot was used."""
+def workspace_failed_output(name: str, err: BaseException | str, infra: "SharedInfra | None" = None) -> AgentOutput:
+    """``error = "workspace provisioning failed: {err}"``; no budget slot was used.
+
+    ``infra``: the coordination, for its progress display (the agent counts as failed).
+    """
+    if progress.TRACKED:
+        progress.failed(infra)
     return failed_output(name, S.WORKSPACE_FAILED.format(err=err))
 
 
@@ -70,6 +78,7 @@ def reserve(infra: "SharedInfra", name: str) -> AgentOutput | None:
     try:
         admit(infra)
     except BudgetError as err:
+        progress.refused(infra)
         return budget_skipped_output(name, err)
     return None
 
@@ -121,16 +130,21 @@ async def run_one(infra: "SharedInfra", runner: "AgentRunner", job: AgentJob, *,
             applies, with the executor's own timeout handling (cancel, grace,
             ``timeout after {n}s``).
     """
+    coordination = _coordination(infra, timeout_s)
     journal = infra.journal
     if journal is None:
-        return await infra.executor.run_agent(runner, job, _coordination(infra, timeout_s))
-    key = journal.key(job)
-    rec = journal.take(key)
-    if rec is not None:
-        return await journal.replay(job, rec, infra.state)
-    journal.prepare(job)
-    run = await infra.executor.run_agent(runner, job, _coordination(infra, timeout_s))
-    journal.record(key, job, run)
+        run = await infra.executor.run_agent(runner, job, coordination)
+    else:
+        key = journal.key(job)
+        rec = journal.take(key)
+        if rec is not None:
+            run = await journal.replay(job, rec, infra.state)
+        else:
+            journal.prepare(job)
+            run = await infra.executor.run_agent(runner, job, coordination)
+            journal.record(key, job, run)
+    if progress.TRACKED:
+        progress.finished(infra, run)
     return run
 
 
@@ -144,9 +158,10 @@ async def run_many(infra: "SharedInfra", runner: "AgentRunner", jobs: Sequence[A
     Args:
         timeout_s: As for :func:`run_one`, for every job.
     """
+    coordination = _coordination(infra, timeout_s)
     journal = infra.journal
     if journal is None:
-        return await infra.executor.run_batch(runner, jobs, _coordination(infra, timeout_s))
+        return await _dispatch(infra, runner, jobs, coordination)
     keys = [journal.key(job) for job in jobs]  # submission order, before anything runs
     runs: list[AgentRun | None] = [None] * len(jobs)
     todo: list[int] = []
@@ -156,13 +171,24 @@ async def run_many(infra: "SharedInfra", runner: "AgentRunner", jobs: Sequence[A
             journal.prepare(job)
             todo.append(i)
         else:
-            runs[i] = await journal.replay(job, rec, infra.state)
+            replayed = runs[i] = await journal.replay(job, rec, infra.state)
+            if progress.TRACKED:
+                progress.finished(infra, replayed)
     if todo:
-        done = await infra.executor.run_batch(runner, [jobs[i] for i in todo], _coordination(infra, timeout_s))
+        done = await _dispatch(infra, runner, [jobs[i] for i in todo], coordination)
         journal.record_many([journal.entry(keys[i], jobs[i], run) for i, run in zip(todo, done)])
         for i, run in zip(todo, done):
             runs[i] = run
     return runs  # type: ignore[return-value]  # every slot is filled
+
+
+async def _dispatch(infra: "SharedInfra", runner: "AgentRunner", jobs: Sequence[AgentJob],
+                    coordination: Coordination) -> list[AgentRun]:
+    """``run_batch`` on the executor; in slices while a progress display counts this coordination."""
+    counts = progress.TRACKED.get(infra) if progress.TRACKED else None
+    if counts is not None:  # dispatched in slices, so the display moves as agents finish
+        return await progress.run_batch(counts, lambda part: infra.executor.run_batch(runner, part, coordination), jobs)
+    return await infra.executor.run_batch(runner, jobs, coordination)
 
 
 def publish(infra: "SharedInfra", output: AgentOutput, run: AgentRun | None = None, *,
@@ -218,6 +244,7 @@ async def run_load_bearing(infra: "SharedInfra", runner: "AgentRunner", job: Age
     try:
         admit(infra)
     except BudgetError as err:
+        progress.refused(infra)
         raise BudgetExhausted(str(err)).with_partial(partial) from err
     run = await run_one(infra, runner, job)
     if run.output is not None:
@@ -232,6 +259,7 @@ async def run_finalizer(infra: "SharedInfra", runner: "AgentRunner", spec: Agent
     try:
         admit(infra)
     except BudgetError:
+        progress.refused(infra)
         return None
     run = await run_one(infra, runner, AgentJob(spec, task, register_spec_tools=False))
     if run.output is not None:

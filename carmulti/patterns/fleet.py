@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from .._validate import seconds
 from ..executors.base import AgentJob
 from ..lifecycle import conclude, reserve, run_many, shared_mailbox
+from ..progress import display as progress_display
 from ..runner import check_runner
 from ..types import AgentOutput, AgentSpec
 
@@ -90,13 +91,22 @@ class Fleet:
         f.agent_timeout_s = seconds(agent_timeout_s, "Fleet agent_timeout_s")
         return f
 
-    async def run(self, runner: "AgentRunner", infra: "SharedInfra") -> FleetResult:
+    async def run(self, runner: "AgentRunner", infra: "SharedInfra", *, progress: bool = False) -> FleetResult:
         """Run every agent on its own mission; returns when all have finished (or timed out).
+
+        Args:
+            progress: Show a live display of the agents (done / failed / skipped,
+                tokens, cost, rate, ETA) on stderr while it runs, when stderr is a
+                terminal; nothing otherwise (:mod:`carmulti.progress`).
 
         Returns:
             The :class:`FleetResult`; agent failures are outputs, never exceptions.
         """
         check_runner(runner)
+        with progress_display(progress, infra, "Fleet", len(self.agents)):
+            return await self._run(runner, infra)
+
+    async def _run(self, runner: "AgentRunner", infra: "SharedInfra") -> FleetResult:
         t0 = time.perf_counter()
         mailbox = shared_mailbox()
         slots: list[AgentOutput | int] = []

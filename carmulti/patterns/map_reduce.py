@@ -24,12 +24,14 @@ from __future__ import annotations
 import asyncio
 import copy
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, AsyncIterable, AsyncIterator, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, AsyncIterable, AsyncIterator, Iterable, Sequence, Sized
 
 from .. import _strings as S
 from .._validate import int_at_least
 from ..executors.base import AgentJob
 from ..lifecycle import conclude, reserve, run_load_bearing, run_one
+from ..progress import display as progress_display
+from ..progress import follow as follow_progress
 from ..runner import check_runner
 from ..types import AgentOutput, AgentSpec
 
@@ -110,8 +112,8 @@ class MapReduce:
         return m
 
     # -- map phase -------------------------------------------------------------------
-    async def stream(self, task: str, items: Iterable[str] | AsyncIterable[str], runner: "AgentRunner",
-                     infra: "SharedInfra") -> AsyncIterator[tuple[int, AgentOutput]]:
+    def stream(self, task: str, items: Iterable[str] | AsyncIterable[str], runner: "AgentRunner",
+               infra: "SharedInfra", *, progress: bool = False) -> AsyncIterator[tuple[int, AgentOutput]]:
         """Run the mappers and yield ``(item index, output)`` as each finishes (completion order).
 
         Items are pulled lazily, at most ``max_concurrent`` mappers are live and
@@ -120,10 +122,23 @@ class MapReduce:
         (``async with contextlib.aclosing(mr.stream(...)) as s: async for ...``)
         cancels the mappers in flight. No reducer runs.
 
+        Args:
+            progress: Show a live display of the agents (done / failed / skipped,
+                tokens, cost, rate, ETA) on stderr until the stream ends, when stderr is a
+                terminal; nothing otherwise (:mod:`carmulti.progress`).
+
         Raises:
             TypeError: an item is not a ``str`` (names its index); mappers
                 already started finish, no new one starts.
         """
+        mappers = self._stream(task, items, runner, infra)
+        if not progress:
+            return mappers
+        planned = len(items) if isinstance(items, Sized) else None
+        return follow_progress(mappers, infra, "MapReduce", planned)
+
+    async def _stream(self, task: str, items: Iterable[str] | AsyncIterable[str], runner: "AgentRunner",
+                      infra: "SharedInfra") -> AsyncIterator[tuple[int, AgentOutput]]:
         check_runner(runner)
         width = self.max_concurrent
         limit = 2 * width
@@ -143,12 +158,17 @@ class MapReduce:
             item_q: asyncio.Queue[Any] = asyncio.Queue(maxsize=width)
 
             async def pump_items() -> None:
+                ended = True
                 try:
                     async for x in items:
                         await item_q.put(x)
+                except asyncio.CancelledError:
+                    ended = False  # the stream is closing and cancels the feeders; the queue may be full
+                    raise
                 finally:
-                    for _ in range(width):
-                        await item_q.put(_END)
+                    if ended:
+                        for _ in range(width):
+                            await item_q.put(_END)
 
             pump = asyncio.ensure_future(pump_items())
 
@@ -229,14 +249,25 @@ class MapReduce:
                         pass
 
     # -- whole run -------------------------------------------------------------------
-    async def run(self, task: str, items: Sequence[str], runner: "AgentRunner", infra: "SharedInfra") -> MapReduceResult:
+    async def run(self, task: str, items: Sequence[str], runner: "AgentRunner", infra: "SharedInfra", *,
+                  progress: bool = False) -> MapReduceResult:
         """Map every item, then reduce.
+
+        Args:
+            progress: Show a live display of the agents (done / failed / skipped,
+                tokens, cost, rate, ETA) on stderr while it runs, when stderr is a
+                terminal; nothing otherwise (:mod:`carmulti.progress`).
 
         Raises:
             TypeError: an item is not a ``str`` (names its index); nothing runs.
             AgentFailed: a reducer failed (``partial`` holds the result so far).
             BudgetExhausted: the budget denied a reducer (``partial`` likewise).
         """
+        planned = len(items) + 1 if progress and isinstance(items, Sized) else None  # mappers + final reducer
+        with progress_display(progress, infra, "MapReduce", planned):
+            return await self._run(task, items, runner, infra)
+
+    async def _run(self, task: str, items: Sequence[str], runner: "AgentRunner", infra: "SharedInfra") -> MapReduceResult:
         check_runner(runner)
         items = list(items)
         for i, item in enumerate(items):

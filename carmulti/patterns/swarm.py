@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from .. import _strings as S
 from ..executors.base import AgentJob, AgentRun
 from ..lifecycle import conclude, reserve, run_finalizer, run_many, run_one, shared_mailbox, workspace_failed_output
+from ..progress import display as progress_display
 from ..runner import check_runner
 from ..types import AgentOutput, AgentSpec, truncate
 from ..workspace import AgentWorkspace, WorkspaceConfig, WorkspaceError, WorkspaceMode
@@ -107,14 +108,23 @@ class Swarm:
         s.workspaces = config
         return s
 
-    async def run(self, task: str, runner: "AgentRunner", infra: "SharedInfra") -> SwarmResult:
-        """Run the swarm. Agent failures are outputs, never exceptions."""
+    async def run(self, task: str, runner: "AgentRunner", infra: "SharedInfra", *,
+                  progress: bool = False) -> SwarmResult:
+        """Run the swarm. Agent failures are outputs, never exceptions.
+
+        Args:
+            progress: Show a live display of the agents (done / failed / skipped,
+                tokens, cost, rate, ETA) on stderr while it runs, when stderr is a
+                terminal; nothing otherwise (:mod:`carmulti.progress`).
+        """
         check_runner(runner)
-        if self.mode is SwarmMode.PARALLEL:
-            return await self._run_parallel(task, runner, infra)
-        if self.mode is SwarmMode.SEQUENTIAL:
-            return await self._run_sequential(task, runner, infra)
-        return await self._run_debate(task, runner, infra)
+        planned = len(self.agents) * (2 if self.mode is SwarmMode.DEBATE else 1)
+        with progress_display(progress, infra, "Swarm", planned):
+            if self.mode is SwarmMode.PARALLEL:
+                return await self._run_parallel(task, runner, infra)
+            if self.mode is SwarmMode.SEQUENTIAL:
+                return await self._run_sequential(task, runner, infra)
+            return await self._run_debate(task, runner, infra)
 
     # -- parallel ----------------------------------------------------------------
     async def _run_parallel(self, task: str, runner: "AgentRunner", infra: "SharedInfra") -> SwarmResult:
@@ -129,7 +139,7 @@ class Swarm:
                 try:
                     ws = await _provision(self.workspaces, spec.name)
                 except WorkspaceError as err:
-                    slots.append(workspace_failed_output(spec.name, err))
+                    slots.append(workspace_failed_output(spec.name, err, infra))
                     continue
             skipped = reserve(infra, spec.name)
             if skipped is not None:

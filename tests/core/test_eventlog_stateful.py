@@ -4,6 +4,10 @@ Rules append, batch-append, flush, close+reopen, "crash" (drop the object withou
 close: every acknowledged append was already written with write(2)), and torn writes
 (a prefix of a further record, or garbage, lands after the last record before reopen).
 Invariant: the log's events equal the model (the acknowledged prefix).
+
+Subscriptions ride along: rules open subscriptions (cursor, maxsize) and read the items
+that are ready (an event, a gap marker, or the end once their log was closed), checked
+against a cursor model; a read never waits (it is stepped without an event loop).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import tempfile
 
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from carcore import Event, EventLog
 
@@ -27,6 +31,57 @@ JSON = st.recursive(
 )
 KINDS = st.sampled_from(["start", "step", "done", "ünï\ncode"])
 AGENTS = st.none() | st.sampled_from(["a1", "a2"])
+_END = object()
+
+
+def _read_ready(sub):
+    """One item of a subscription that has one ready (or has ended), without an event loop."""
+    coro = sub.__anext__()
+    try:
+        coro.send(None)
+    except StopIteration as stop:
+        return stop.value
+    except StopAsyncIteration:
+        return _END
+    coro.close()
+    raise AssertionError("the subscription waited although an item was ready")
+
+
+class _SubModel:
+    """What a subscription should yield: a cursor over the records of the log it follows."""
+
+    def __init__(self, sub, after, maxsize, model):
+        self.sub = sub
+        self.next = 0 if after is None else after + 1
+        self.maxsize = maxsize
+        self.model = model  # the acknowledged records (a prefix of them is its log's)
+        self.closed_at = None  # records its log held when it was closed
+        self.done = False
+
+    @property
+    def closed(self):
+        return self.closed_at is not None
+
+    @property
+    def length(self):
+        return len(self.model) if self.closed_at is None else self.closed_at
+
+    def ready(self):
+        return self.done or self.closed or self.next < self.length
+
+    def expect(self):
+        if self.done:
+            return _END
+        n = self.length
+        if n - self.next > self.maxsize:
+            first, self.next = self.next, n - self.maxsize
+            return ("gap", self.next - 1, {"from": first, "to": self.next - 1})
+        if self.next < n:
+            self.next += 1
+            return self.next - 1
+        assert self.closed
+        self.done = True
+        return _END
 
 
 class LogMachine(RuleBasedStateMachine):
@@ -36,6 +91,7 @@ class LogMachine(RuleBasedStateMachine):
         self.path = os.path.join(self.dir, "events.log")
         self.log = EventLog(self.path, fsync="batch", batch_records=3)
         self.model: list[tuple] = []
+        self.subs: list[_SubModel] = []
 
     def teardown(self):
         self.log.close()
@@ -53,6 +109,31 @@ class LogMachine(RuleBasedStateMachine):
         assert first == len(self.model)
         self.model.extend(recs)
 
+    @precondition(lambda self: len(self.subs) < 4)
+    @rule(after=st.none() | st.integers(0, 12), maxsize=st.integers(1, 6))
+    def subscribe(self, after, maxsize):
+        self.subs.append(_SubModel(self.log.subscribe(after=after, maxsize=maxsize), after, maxsize, self.model))
+
+    @precondition(lambda self: any(m.ready() for m in self.subs))
+    @rule(data=st.data())
+    def read(self, data):
+        m = data.draw(st.sampled_from([m for m in self.subs if m.ready()]), label="subscription")
+        for _ in range(data.draw(st.integers(1, 4), label="reads")):
+            if not m.ready():
+                break
+            want, got = m.expect(), _read_ready(m.sub)
+            if want is _END:
+                assert got is _END
+            elif isinstance(want, tuple):
+                assert (got.kind, got.seq, got.data) == want
+            else:
+                assert got.seq == want and (got.kind, got.data, got.agent) == self.model[want]
+
+    def _log_closed(self):
+        for m in self.subs:
+            if m.closed_at is None:  # later records go to a new EventLog object
+                m.closed_at = len(self.model)
+
     @rule()
     def flush(self):
         self.log.flush()
@@ -60,6 +141,7 @@ class LogMachine(RuleBasedStateMachine):
     @rule(policy=st.sampled_from(["always", "batch", "never"]))
     def reopen(self, policy):
         self.log.close()
+        self._log_closed()
         self.log = EventLog.open(self.path, fsync=policy)
         assert self.log.recovery.records == len(self.model)
         assert self.log.recovery.truncated_bytes == 0
@@ -77,6 +159,7 @@ class LogMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def torn_write(self, data):
         self.log.close()
+        self._log_closed()
         # the bytes a further append would have written, cut short (or zeros / a bad record)
         full = self._line_for(len(self.model))
         cut = data.draw(st.integers(1, len(full) - 1), label="cut")

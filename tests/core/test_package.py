@@ -15,7 +15,7 @@ import carcore
 
 COMPILED = {
     "carcore.state": ["StateStore", "Overlay", "StateTransition"],
-    "carcore.eventlog": ["EventLog", "Event", "RecoveryReport"],
+    "carcore.eventlog": ["EventLog", "Event", "RecoveryReport", "Subscription"],
     "carcore.budget": ["BudgetCounters"],
 }
 
@@ -25,7 +25,7 @@ def test_all_sorted_and_complete():
     assert set(carcore.__all__) == {
         "BudgetCounters", "CarError", "Event", "EventLog", "LogCorruptedError",
         "MergeConflictError", "Overlay", "RecoveryReport", "StateStore", "StateTransition",
-        "check_json_value",
+        "Subscription", "check_json_value",
     }
     for name in carcore.__all__:
         assert getattr(carcore, name) is not None

@@ -114,3 +114,18 @@ async def test_stream_gates_each_mapper_on_the_budget():
         outs = [o async for _, o in MapReduce(spec("m"), spec("r"), 2).stream("t", ["a"] * 7, SumRunner(), infra)]
     assert sum(o.succeeded for o in outs) == 3
     assert sum(is_budget_skipped(o) for o in outs) == 4
+
+
+async def test_closing_a_stream_over_an_async_source_early_does_not_hang():
+    # the pump that reads an async source used to wait forever for room in its full queue
+    # to post end markers after it was cancelled
+    async def items():
+        for i in range(100):
+            yield f"y{i}"
+
+    async with SharedInfra() as infra:
+        mr = MapReduce(spec("m"), spec("r"), 2)
+        async with contextlib.aclosing(mr.stream("t", items(), EchoRunner(), infra)) as s:
+            async for i, out in s:
+                assert out.succeeded
+                break
