@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
 from .. import _strings as S
+from .. import tracing
 from ..executors.base import AgentJob, AgentRun
 from ..lifecycle import conclude, reserve, run_finalizer, run_many, run_one, shared_mailbox, workspace_failed_output
 from ..runner import check_runner
@@ -107,8 +108,13 @@ class Swarm:
         s.workspaces = config
         return s
 
+    @tracing.workflow("swarm")
     async def run(self, task: str, runner: "AgentRunner", infra: "SharedInfra") -> SwarmResult:
         """Run the swarm. Agent failures are outputs, never exceptions."""
+        return await self._run(task, runner, infra)
+
+    async def _run(self, task: str, runner: "AgentRunner", infra: "SharedInfra") -> SwarmResult:
+        """:meth:`run` without a workflow span of its own: for patterns that are a swarm inside (``Pipeline``, ``Vote``)."""
         check_runner(runner)
         if self.mode is SwarmMode.PARALLEL:
             return await self._run_parallel(task, runner, infra)
