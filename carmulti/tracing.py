@@ -26,7 +26,7 @@ Attributes (OpenTelemetry semantic conventions for GenAI agent spans, v1.41):
 ``agent_error`` (the runner returned an output with its own ``error``);
 ``cancelled`` (the caller cancelled); otherwise the exception's class name,
 qualified by its module unless it is a builtin (``ValueError``,
-``carmulti.errors.ToolError``, ``carmulti.errors.AgentFailed``); ``_OTHER``
+``carmulti.ToolError``, ``carmulti.AgentFailed``); ``_OTHER``
 when none applies.
 
 Where spans go: to the ``TracerProvider`` given to :func:`set_tracer_provider`,
@@ -134,7 +134,7 @@ def _version() -> str | None:
 
 
 def error_type(exc: BaseException) -> str:
-    """``error.type`` of an exception: ``ValueError``, ``carmulti.errors.ToolError``; ``cancelled`` for cancellation."""
+    """``error.type`` of an exception: ``ValueError``, ``carmulti.ToolError``; ``cancelled`` for cancellation."""
     t = type(exc)
     if t.__name__ == "CancelledError":
         return "cancelled"
