@@ -51,6 +51,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import importlib.util
+import time
 from typing import Any, Awaitable, Callable, Coroutine, Mapping, ParamSpec, TypeVar
 
 from . import _strings as S
@@ -85,6 +86,12 @@ _noop_providers: tuple[type, ...] = ()
 _override: Any = None  # the provider given to set_tracer_provider()
 _seen: Any = None  # the provider _tracer was made for
 _tracer: Any = None  # carmulti's tracer; None when nothing would record
+_final = False  # _seen is OpenTelemetry's global provider, which is set at most once: never look again
+_next_look = 0.0  # while the global provider is the API's proxy: when to look again (time.monotonic())
+#: While no provider is set, how often carmulti looks whether one has been, in seconds: a lookup
+#: (``opentelemetry.trace.get_tracer_provider()``, which reads the environment) costs about as much as
+#: a tenth of a bare agent run, so agents between two lookups reuse the last answer.
+LOOK_AGAIN_S = 0.1
 
 
 def _load() -> bool:
@@ -108,16 +115,31 @@ def set_tracer_provider(provider: Any) -> None:
     nothing global changes. In a worker process, call it (or
     ``opentelemetry.trace.set_tracer_provider``) from the executor's ``initializer``.
     """
-    global _override
+    global _override, _final, _next_look
+    if provider is not None and _trace is None and not _load():
+        return  # no API: nothing to send anywhere
     _override = provider
+    _final, _next_look = False, 0.0  # look at the global provider again when this one is removed
 
 
 def tracer() -> Any:
-    """carmulti's tracer, or ``None`` when no span would be recorded (no API, or no provider set)."""
-    global _seen, _tracer
-    if _trace is None and not _load():
-        return None
-    tp = _override if _override is not None else _trace.get_tracer_provider()
+    """carmulti's tracer, or ``None`` when no span would be recorded (no API, or no provider set).
+
+    A global provider set after carmulti last looked is seen within :data:`LOOK_AGAIN_S`.
+    """
+    global _seen, _tracer, _final, _next_look
+    tp = _override
+    if tp is None:
+        if _final:
+            return _tracer
+        now = time.monotonic()
+        if now < _next_look:
+            return _tracer
+        _next_look = now + LOOK_AGAIN_S
+        if _trace is None and not _load():
+            return None
+        tp = _trace.get_tracer_provider()
+        _final = not isinstance(tp, _trace.ProxyTracerProvider)
     if tp is not _seen:
         _tracer = None if isinstance(tp, _noop_providers) else tp.get_tracer(SCOPE, _version())
         _seen = tp

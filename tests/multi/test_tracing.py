@@ -422,3 +422,36 @@ def test_the_readme_tracing_example_runs_and_parents_worker_spans(tmp_path: path
     agents = [s for s in spans if s.name.startswith("invoke_agent ")]
     assert len(agents) == 4 and {s.parent_id for s in agents} == {wf.span_id}
     assert {s.kind for s in agents} == {"CLIENT"} and {s.trace_id for s in agents} == {wf.trace_id}
+
+
+LATE_GLOBAL = """
+import time
+import carmulti
+from carmulti import AgentSpec, SharedInfra, Swarm, tracing
+from carmulti.testing import EchoRunner
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+async def main():
+    async with SharedInfra() as infra:
+        await Swarm([AgentSpec("early")]).run("t", EchoRunner(), infra)  # no provider yet: no span
+        exp = InMemorySpanExporter()
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(exp))
+        trace.set_tracer_provider(provider)  # OpenTelemetry's global one, set late
+        time.sleep(tracing.LOOK_AGAIN_S)
+        await Swarm([AgentSpec("late")]).run("t", EchoRunner(), infra)
+    print(sorted(s.name for s in exp.get_finished_spans()))
+
+carmulti.run(main())
+"""
+
+
+def test_a_global_provider_set_late_is_seen_within_the_look_again_interval():
+    """In a subprocess: OpenTelemetry's global provider can be set only once per process."""
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(LATE_GLOBAL)], capture_output=True, text=True,
+                          timeout=60, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "['invoke_agent late', 'invoke_workflow swarm']"
