@@ -43,7 +43,12 @@ worker flushes its provider when it stops.
 
 Cost: without the ``opentelemetry-api`` package, :data:`ENABLED` is False, the
 patterns' ``run`` methods are not wrapped and every hook is skipped by one flag
-test. With the API but no provider, each agent costs one provider lookup.
+test. With the API but no provider, each agent costs one cached answer (tens of
+nanoseconds; carmulti looks for a provider again every :data:`LOOK_AGAIN_S`).
+Measured on ``python -m bench fanout --agents 100000`` (zero-latency agents): the
+same throughput with and without the package; with a recording SDK provider,
+an agent's span costs about 17 us (the SDK's span objects), more than a bare
+zero-latency agent run itself.
 """
 
 from __future__ import annotations
