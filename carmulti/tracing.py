@@ -62,7 +62,7 @@ from typing import Any, Awaitable, Callable, Coroutine, Mapping, ParamSpec, Type
 from . import _strings as S
 
 __all__ = ["ENABLED", "AgentTrace", "ToolSpan", "agent_trace", "context_for", "error_type", "flush", "inject",
-           "set_tracer_provider", "tool_span", "tracer", "workflow"]
+           "preload", "set_tracer_provider", "tool_span", "tracer", "workflow"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -111,6 +111,13 @@ def _load() -> bool:
     _noop_providers = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
     _trace = trace
     return True
+
+
+def preload() -> None:
+    """Import the API now rather than at the first span (a worker does, before it serves jobs: an import
+    in the middle of a batch would stall every agent of its loop)."""
+    if ENABLED and _trace is None:
+        _load()
 
 
 def set_tracer_provider(provider: Any) -> None:

@@ -168,6 +168,7 @@ class WorkerProcess:
             import dill
 
             dill.loads(init)()
+        _tracing.preload()
         ctx = zmq.Context()
         ident = f"w{self.index}.{self.gen}".encode()
         endpoint = self.cfg["endpoint"]
