@@ -41,6 +41,7 @@ from typing import Any, Mapping, Protocol, runtime_checkable
 import orjson
 
 from . import actions as _actions
+from . import tracing as _tracing
 from .actions import (  # "X as X": an explicit re-export, which type checkers see (they do not follow ``__all__ +=``)
     _OPERATORS,
     Action as Action,
@@ -263,13 +264,11 @@ class Runtime:
         if t is ActionType.TOOL_CALL:
             if self._executor is None:
                 raise ToolError(f"no tool executor installed for tool '{action.tool}'; the runner must call runtime.set_executor()")
-            coro = self._executor.execute(action.tool, params)  # type: ignore[arg-type]
-            if action.timeout_ms is not None:
-                try:
-                    return await asyncio.wait_for(coro, action.timeout_ms / 1000.0)
-                except asyncio.TimeoutError:
-                    raise ToolError(f"tool '{action.tool}' timed out after {action.timeout_ms}ms") from None
-            return await coro
+            if _tracing.ENABLED:  # an ``execute_tool`` span around this execution, when something records it
+                span = _tracing.tool_span(action.tool, action.id)  # type: ignore[arg-type]
+                if span is not None:
+                    return await span.run(self._call_tool(self._executor, action))
+            return await self._call_tool(self._executor, action)
         key = params["key"]
         if t is ActionType.STATE_READ:
             return self.state.get(key)
@@ -288,6 +287,16 @@ class Runtime:
         if not pre.holds(self.state):
             raise ToolError(f"assertion failed: {pre.describe()} (actual {self.state.get(key)!r})")
         return True
+
+    @staticmethod
+    async def _call_tool(executor: ToolExecutor, action: Action) -> Any:
+        coro = executor.execute(action.tool, action.parameters)  # type: ignore[arg-type]
+        if action.timeout_ms is not None:
+            try:
+                return await asyncio.wait_for(coro, action.timeout_ms / 1000.0)
+            except asyncio.TimeoutError:
+                raise ToolError(f"tool '{action.tool}' timed out after {action.timeout_ms}ms") from None
+        return await coro
 
     async def execute(self, proposal: ActionProposal) -> ProposalResult:
         """Validate and execute every action of ``proposal``: in order, independent tool calls side by side.

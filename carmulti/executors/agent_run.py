@@ -25,11 +25,12 @@ import math
 import time
 import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Generator
+from typing import TYPE_CHECKING, Any, Callable, Generator, Mapping
 
 import orjson
 
 from .. import _strings as S
+from .. import tracing as _tracing
 from ..durable import RecordingState, overlay_writes
 from ..isolation import AgentContext, TaskScope
 from ..runtime import Runtime
@@ -63,6 +64,12 @@ class AgentEnvironment:
             running ``cancel_grace_s`` after its timeout's cancellation; the
             executor decides its fate (the local executor keeps it, a worker
             asks to be killed).
+        remote: The agent runs away from the coordinator (a worker process, a
+            cluster node): its ``invoke_agent`` span is CLIENT, else INTERNAL
+            (see :mod:`carmulti.tracing`).
+        trace_context: The trace context its job carried (W3C ``traceparent``
+            carrier): the parent of its ``invoke_agent`` span; ``None``: the
+            current context.
     """
 
     state: Any
@@ -73,6 +80,8 @@ class AgentEnvironment:
     cancel_grace_s: float = 1.0
     isolate: Callable[[str], AgentContext] | None = None
     on_abandoned: Callable[["asyncio.Task[Any]", str], None] | None = None
+    remote: bool = False
+    trace_context: Mapping[str, str] | None = None
 
 
 async def run_agent(runner: "AgentRunner", job: AgentJob, env: AgentEnvironment, *, mailbox: Any,
@@ -95,6 +104,16 @@ async def run_agent(runner: "AgentRunner", job: AgentJob, env: AgentEnvironment,
         asyncio.CancelledError: the caller cancelled (the runner is cancelled too).
         KeyboardInterrupt: raised in the runner.
     """
+    if _tracing.ENABLED:  # an ``invoke_agent`` span around the run (carmulti.tracing), when something records it
+        trace = _tracing.agent_trace(job.spec, env.remote, env.trace_context, env.timeout_s)
+        if trace is not None:
+            run: AgentRun = await trace.run(_run_agent(runner, job, env, mailbox, tool_executor, trace))
+            return run
+    return await _run_agent(runner, job, env, mailbox, tool_executor, None)
+
+
+async def _run_agent(runner: "AgentRunner", job: AgentJob, env: AgentEnvironment, mailbox: Any,
+                     tool_executor: "ToolExecutor | None", trace: "_tracing.AgentTrace | None") -> AgentRun:
     spec = job.spec
     ctx: AgentContext | None = None
     recorder: RecordingState | None = None
@@ -121,6 +140,8 @@ async def run_agent(runner: "AgentRunner", job: AgentJob, env: AgentEnvironment,
     t0 = time.perf_counter()
     try:
         coro = runner.run(spec, job.task, rt, mailbox)
+        if trace is not None:
+            coro = trace.observe(coro)
         if ctx is not None:
             coro = TaskScope.run(ctx, coro)
         if timeout is None:

@@ -163,7 +163,9 @@ class RayLauncher:
         node = nodes[next(self._next) % len(nodes)]
         actor = _host_class().options(
             num_cpus=0, max_concurrency=2, name=None,
-            scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=True)).remote()
+            # hard affinity: a soft one let Ray's scheduler put actors anywhere (often all on one node);
+            # a node that died since the listing fails the actor, which the supervisor replaces elsewhere
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote()
         return RayActorHandle(actor, actor.serve.remote(cfg), node)
 
     def release(self, last: bool) -> None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
 
 from .. import _strings as S
+from .. import tracing
 from ..executors.base import AgentJob
 from ..lifecycle import conclude, reserve, run_one
 from ..runner import check_runner
@@ -141,6 +142,7 @@ class AdversarialReview:
         """The reviewer's task for ``work_output`` (``S.REVIEW_TASK``)."""
         return S.REVIEW_TASK.format(criteria=self.criteria_text(), work=work_output)
 
+    @tracing.workflow("adversarial_review")
     async def run(self, work_output: str, runner: "AgentRunner", infra: "SharedInfra") -> AdversarialReviewResult:
         """Review ``work_output`` against the criteria.
 

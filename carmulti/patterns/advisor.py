@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .. import _strings as S
+from .. import tracing
 from .._validate import int_at_least
 from ..errors import AdvisorExhausted
 from ..executors.base import AgentJob
@@ -125,6 +126,7 @@ class Advisor:
         """Consultations left: ``max(0, max_uses - used())``."""
         return max(0, self.max_uses - self._used)
 
+    @tracing.workflow("advisor")
     async def consult(self, task: str, runner: "AgentRunner", infra: "SharedInfra") -> AdvisorResult:
         """Ask the advisor about ``task`` (the evidence: what the executor tried, what went wrong).
 

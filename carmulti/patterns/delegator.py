@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping
 
 from .. import _strings as S
+from .. import tracing
 from ..errors import ToolError
 from ..executors.base import AgentJob
 from ..lifecycle import conclude, reserve, run_load_bearing, run_one
@@ -132,6 +133,7 @@ class Delegator:
         self.main = main
         self.specialists = dict(specialists)
 
+    @tracing.workflow("delegator")
     async def run(self, task: str, runner: "AgentRunner", infra: "SharedInfra") -> DelegatorResult:
         """Run the main agent (specialists run inside its ``delegate`` calls).
 

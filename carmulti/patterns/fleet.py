@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
+from .. import tracing
 from .._validate import seconds
 from ..executors.base import AgentJob
 from ..lifecycle import conclude, reserve, run_many, shared_mailbox
@@ -91,6 +92,7 @@ class Fleet:
         f.agent_timeout_s = seconds(agent_timeout_s, "Fleet agent_timeout_s")
         return f
 
+    @tracing.workflow("fleet")
     async def run(self, runner: "AgentRunner", infra: "SharedInfra", *, progress: bool = False) -> FleetResult:
         """Run every agent on its own mission; returns when all have finished (or timed out).
 

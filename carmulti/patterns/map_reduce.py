@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, AsyncIterable, AsyncIterator, Iterable, Sequence, Sized
 
 from .. import _strings as S
+from .. import tracing
 from .._validate import int_at_least
 from ..executors.base import AgentJob
 from ..lifecycle import conclude, reserve, run_load_bearing, run_one
@@ -249,6 +250,7 @@ class MapReduce:
                         pass
 
     # -- whole run -------------------------------------------------------------------
+    @tracing.workflow("map_reduce")
     async def run(self, task: str, items: Sequence[str], runner: "AgentRunner", infra: "SharedInfra", *,
                   progress: bool = False) -> MapReduceResult:
         """Map every item, then reduce.

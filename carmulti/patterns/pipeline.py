@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
+from .. import tracing
 from ..runner import check_runner
 from ..types import AgentOutput, AgentSpec
 from .swarm import Swarm, SwarmMode
@@ -51,10 +52,11 @@ class Pipeline:
         self._swarm = Swarm(stages, SwarmMode.SEQUENTIAL)
         self.stages = self._swarm.agents
 
+    @tracing.workflow("pipeline")
     async def run(self, task: str, runner: "AgentRunner", infra: "SharedInfra") -> PipelineResult:
         """Run every stage. Stage failures are outputs, never exceptions."""
         check_runner(runner)
-        result = await self._swarm.run(task, runner, infra)
+        result = await self._swarm._run(task, runner, infra)
         last = result.outputs[-1] if result.outputs else None
         final = last.answer if last is not None and last.succeeded else ""
         return PipelineResult(task, result.outputs, final)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
 
 from .. import _strings as S
+from .. import tracing
 from .._validate import int_at_least
 from ..errors import ToolError
 from ..executors.base import AgentJob
@@ -224,6 +225,7 @@ class SpawnSubtask:
         """The tools sub-agents may ask for: ``main.tools`` without ``spawn_subtask``."""
         return [t for t in dict.fromkeys(self.main.tools) if t != SPAWN_SUBTASK_TOOL]
 
+    @tracing.workflow("spawn_subtask")
     async def run(self, task: str, runner: "AgentRunner", infra: "SharedInfra") -> SpawnSubtaskResult:
         """Run the main agent (sub-agents run inside its ``spawn_subtask`` calls).
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
 
 from .. import _strings as S
+from .. import tracing
 from .._validate import int_at_least
 from ..executors.base import AgentJob
 from ..lifecycle import run_load_bearing
@@ -80,6 +81,7 @@ class Supervisor:
     def with_max_rounds(self, n: int) -> "Supervisor":
         return Supervisor(self.workers, self.supervisor, n)
 
+    @tracing.workflow("supervisor")
     async def run(self, task: str, runner: "AgentRunner", infra: "SharedInfra") -> SupervisorResult:
         """Run the rounds.
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
 from .. import _strings as S
+from .. import tracing
 from ..executors.base import AgentJob, AgentRun
 from ..lifecycle import conclude, reserve, run_finalizer, run_many, run_one, shared_mailbox, workspace_failed_output
 from ..progress import display as progress_display
@@ -108,6 +109,7 @@ class Swarm:
         s.workspaces = config
         return s
 
+    @tracing.workflow("swarm")
     async def run(self, task: str, runner: "AgentRunner", infra: "SharedInfra", *,
                   progress: bool = False) -> SwarmResult:
         """Run the swarm. Agent failures are outputs, never exceptions.
@@ -117,6 +119,11 @@ class Swarm:
                 tokens, cost, rate, ETA) on stderr while it runs, when stderr is a
                 terminal; nothing otherwise (:mod:`carmulti.progress`).
         """
+        return await self._run(task, runner, infra, progress=progress)
+
+    async def _run(self, task: str, runner: "AgentRunner", infra: "SharedInfra", *,
+                   progress: bool = False) -> SwarmResult:
+        """:meth:`run` without a workflow span of its own: for patterns that are a swarm inside (``Pipeline``, ``Vote``)."""
         check_runner(runner)
         planned = len(self.agents) * (2 if self.mode is SwarmMode.DEBATE else 1)
         with progress_display(progress, infra, "Swarm", planned):

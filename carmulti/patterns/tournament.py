@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
 
 from .. import _strings as S
+from .. import tracing
 from ..executors.base import AgentJob
 from ..lifecycle import conclude, reserve, run_many, run_one, shared_mailbox
 from ..runner import check_runner
@@ -116,6 +117,7 @@ class Tournament:
             raise TypeError(f"Tournament judge must be an AgentSpec, got {type(judge).__name__}")
         self.judge = judge
 
+    @tracing.workflow("tournament")
     async def run(self, task: str, runner: "AgentRunner", infra: "SharedInfra") -> TournamentResult:
         """Gather the candidates, then play the bracket.
 

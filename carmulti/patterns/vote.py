@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
 from .. import _strings as S
+from .. import tracing
 from ..lifecycle import run_finalizer
 from ..runner import check_runner
 from ..types import AgentOutput, AgentSpec
@@ -86,10 +87,11 @@ class Vote:
         v.synthesizer = spec
         return v
 
+    @tracing.workflow("vote")
     async def run(self, task: str, runner: "AgentRunner", infra: "SharedInfra") -> VoteResult:
         """Collect the votes and pick the winner."""
         check_runner(runner)
-        sw = await self._swarm.run(task, runner, infra)
+        sw = await self._swarm._run(task, runner, infra)
         winner, ratio, _ = tally(sw.outputs)
         ok = [v for v in sw.outputs if v.succeeded]
         if self.synthesizer is not None and ok and ratio <= 0.5:

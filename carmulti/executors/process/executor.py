@@ -21,7 +21,7 @@ import asyncio
 import logging
 import os
 import time
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from ... import _validate as V
 from ...errors import WireProtocolError
@@ -30,7 +30,7 @@ from . import wire
 from .records import Batch, PendingJob, ProcessConfig, RunState, WorkerHandle
 from .scheduling import Scheduler
 from .services import Services
-from .shipping import ShippedCache
+from .shipping import ShippedCache, dumps
 from .launching import Launcher, MultiprocessLauncher
 from .supervision import WorkerSupervisor
 from .transport import Transport, sweep_stale_dirs
@@ -43,6 +43,14 @@ __all__ = ["ProcessExecutor"]
 
 def _seconds(value: Any, what: str) -> float:
     return float(V.seconds(value, what))
+
+
+def _pickle_initializer(fn: Callable[[], object]) -> bytes:
+    try:
+        return dumps(fn)
+    except Exception as exc:  # noqa: BLE001 - dill raises many types; say what could not travel
+        raise TypeError(f"ProcessExecutor initializer cannot be shipped to workers: {type(exc).__name__}: {exc}") \
+            from exc
 
 log = logging.getLogger("carmulti.executors.process")
 
@@ -99,10 +107,18 @@ class ProcessExecutor:
             its worker died under it (at-least-once for such agents; every other
             agent is at-most-once and gets an error output naming the worker's
             pid and signal). Exceptions and timeouts are never retried.
+        initializer: A callable run with no arguments once in every worker
+            process (restarted ones too) before it connects and serves a job:
+            to install what a worker needs that the coordinator cannot give it,
+            e.g. an OpenTelemetry ``TracerProvider`` and its exporter
+            (:mod:`carmulti.tracing`), or logging. Shipped with dill like a
+            runner. If it raises, the worker exits (at start: :meth:`start`
+            raises).
 
     Raises:
         ValueError: a bad argument (``workers < 1``, ``start_method="fork"`` or
             unknown, a non-positive timeout or size).
+        TypeError: ``initializer`` is not callable or cannot be pickled.
 
     Attributes:
         config: The settings (:class:`~carmulti.executors.process.records.ProcessConfig`);
@@ -126,7 +142,8 @@ class ProcessExecutor:
                  max_inflight_per_worker: int = 8192, hwm: int = 10_000, startup_timeout_s: float = 60.0,
                  shutdown_timeout_s: float = 2.0, rpc_timeout_s: float = 60.0,
                  max_frame_bytes: int = wire.DEFAULT_MAX_FRAME_BYTES, gc_freeze: bool = True,
-                 idempotent_retries: int = 2, heartbeat_timeout_s: float = 10.0) -> None:
+                 idempotent_retries: int = 2, heartbeat_timeout_s: float = 10.0,
+                 initializer: Callable[[], object] | None = None) -> None:
         if start_method == "fork":
             raise ValueError("ProcessExecutor start_method='fork' is not supported: forking a process that runs "
                              "threads (zmq, uvloop) is unsafe; use 'spawn' (default) or 'forkserver'")
@@ -150,6 +167,10 @@ class ProcessExecutor:
             idempotent_retries=V.int_at_least(idempotent_retries, 0, what + "idempotent_retries"),
             heartbeat_timeout_s=_seconds(heartbeat_timeout_s, what + "heartbeat_timeout_s"),
         )
+        if initializer is not None and not callable(initializer):
+            raise TypeError(f"ProcessExecutor initializer must be callable, got {type(initializer).__name__}")
+        self.initializer = initializer
+        self._initializer_blob = None if initializer is None else _pickle_initializer(initializer)
         self.workers = self.config.workers
         self.start_method = start_method
         self._rejected_before = 0
@@ -168,9 +189,12 @@ class ProcessExecutor:
         self._shipped = ShippedCache()
         self._transport = transport = self._transport_type(c, state, lookup=self._lookup, dispatch=self._on_frames,
                                                            flush=self._flush, after_results=self._after_results)
+        options = self._worker_options()
+        if self._initializer_blob is not None:
+            options["initializer"] = self._initializer_blob
         self._workers = WorkerSupervisor(c, state, transport, self._launcher(), self, on_ready=self._after_results,
                                          on_lost=self._on_worker_lost, on_give_up=self._on_give_up,
-                                         worker_options=self._worker_options())
+                                         worker_options=options)
         self._services = Services(c, state, transport, self._shipped, self._pending)
         self._jobs = Scheduler(c, state, transport, self._workers, self._services, self._shipped, self._pending)
 

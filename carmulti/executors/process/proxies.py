@@ -22,6 +22,7 @@ import orjson
 
 from carcore import check_json_value
 
+from ... import tracing as _tracing
 from ...types import Message
 from .payloads import FRAME_OVERHEAD, decode_value, encode_value, too_big
 
@@ -259,7 +260,12 @@ class RemoteTools:
         self._job = job
 
     async def execute(self, tool: str, params: dict[str, Any]) -> Any:
-        return await self._w.request({"op": "tool", "job": self._job, "tool": tool, "params": params})
+        body = {"op": "tool", "job": self._job, "tool": tool, "params": params}
+        if _tracing.ENABLED:  # the tool runs in the coordinator as a child of this call's span
+            trace = _tracing.inject()
+            if trace is not None:
+                body["trace"] = trace
+        return await self._w.request(body)
 
 
 class RemoteInbox:

@@ -89,7 +89,7 @@ class PendingJob:
     """One job between ``run_agent``/``run_batch`` and its result (coordinator side)."""
 
     __slots__ = ("id", "job", "coordination", "runner", "worker", "fut", "batch", "slot", "deadline", "tasks",
-                 "objects", "sent_at", "done", "unsent", "attempts", "runner_entry", "coordination_entry")
+                 "objects", "sent_at", "done", "unsent", "attempts", "runner_entry", "coordination_entry", "trace")
 
     def __init__(self, jid: int, job: "AgentJob", coordination: "Coordination", runner: Any,
                  runner_entry: "Shipped", coordination_entry: "Shipped") -> None:
@@ -110,6 +110,7 @@ class PendingJob:
         self.done = False
         self.unsent = True
         self.attempts = 1
+        self.trace: dict[str, str] | None = None  # the submitter's trace context (carmulti.tracing)
 
 
 class Batch:

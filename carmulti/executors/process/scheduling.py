@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import orjson
 
 from ... import _strings as S
+from ... import tracing as _tracing
 from ...errors import WireProtocolError
 from ...isolation import AgentContext
 from ..base import IDEMPOTENT_METADATA_KEY, AgentJob, AgentRun
@@ -75,6 +76,7 @@ class Scheduler:
         """Queue ``jobs`` (slots ``0..n-1`` of ``batch``, or the one job settling ``fut``) and start sending them."""
         shipped = self.shipped
         rentry, centry = shipped.runner_entry(runner), shipped.coordination_entry(coordination)
+        trace = _tracing.inject() if _tracing.ENABLED else None  # the caller's span: parent of the agents' spans
         ps = []
         for i, job in enumerate(jobs):
             jid = self._next_id
@@ -84,6 +86,7 @@ class Scheduler:
             p.batch = batch
             p.fut = fut
             p.slot = i
+            p.trace = trace
             self.pending[jid] = p
             ps.append(p)
         self.queue.extend(ps)
@@ -204,7 +207,7 @@ class Scheduler:
                 if mb is not None:
                     p.objects = oids
                 d = wire.encode_job(p.id, p.runner_entry.cid, p.coordination_entry.cid, job, to,
-                                    mbdesc if mb is not None else None)
+                                    mbdesc if mb is not None else None, p.trace)
             except Exception as exc:  # noqa: BLE001 - e.g. an unpicklable runner or a foreign mailbox
                 w.inflight.pop(p.id, None)
                 self.resolve(p, AgentRun(None, f"could not send agent '{job.spec.name}' to a worker: "

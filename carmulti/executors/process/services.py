@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from ... import tracing as _tracing
 from ...mailbox import Inbox, Mailbox
 from . import wire
 from .payloads import (FRAME_OVERHEAD, decode_value, encode_error, encode_value, find_unserializable, pack_frames,
@@ -123,6 +124,7 @@ class Services:
                                                     "msg": f"no tool executor installed for tool '{q['tool']}'"}})
                 return
             make = functools.partial(tex.execute, q["tool"], q["params"])
+            trace = q.get("trace")
         else:
             obj = self.objects.get(q["object"])
             kw = q.get("kwargs") or {}
@@ -131,9 +133,12 @@ class Services:
                                                     "msg": f"mailbox call {q['method']!r} not allowed or object gone"}})
                 return
             make = functools.partial(getattr(obj[0], q["method"]), *[decode_value(a) for a in q["args"]], **kw)
+            trace = None
         # the coroutine is created inside the task, so a task cancelled before it starts
-        # leaves no never-awaited coroutine behind
-        task = self.state.loop.create_task(self._serve(w, rid, make))  # type: ignore[union-attr]
+        # leaves no never-awaited coroutine behind; a tool call runs in the trace context of
+        # the worker's span that made it (carmulti.tracing)
+        ctx = _tracing.context_for(trace) if trace is not None and _tracing.ENABLED else None
+        task = self.state.loop.create_task(self._serve(w, rid, make), context=ctx)  # type: ignore[union-attr]
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
         w.request_tasks[rid] = task

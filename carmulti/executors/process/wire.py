@@ -23,7 +23,9 @@ Kinds, coordinator → worker:
   {"name", ...AgentSpec fields that differ from the defaults}, "task", "isolated"?,
   "tools"?: {name: schema|null}, "spec_tools"?: false, "validate_tools"?: false,
   "tool_executor"?: true, "timeout_s"?, "mailbox"?: {"kind": "mailbox", "object",
-  "buffer_size"} | {"kind": "pool", "agent_id", "inbox", "router", "capacity"}}``.
+  "buffer_size"} | {"kind": "pool", "agent_id", "inbox", "router", "capacity"},
+  "trace"?: {"traceparent": str, ...}}`` (``trace``: the coordinator's trace context, the
+  parent of the agent's span; see :mod:`carmulti.tracing`).
 * ``ret``     ``{"t", "replies": [{"rid", "ok": value} | {"rid", "err": error}]}``.
 * ``rret``    ``{"t", "rid", "ok" | "err"}``: the reply to one synchronous ``rpc``.
 * ``cancel``  ``{"t", "jobs": [id]}``: the caller cancelled these jobs.
@@ -39,7 +41,7 @@ Kinds, worker → coordinator:
   "results"?: [result]}``; result = ``{"id", "output": output | null, "error": str |
   null, "duration_ms", "writes"?: [write]}``; output: see :func:`~.payloads.output_to_wire`;
   write = ``["s", key, value, writer]`` or ``["d", key, writer]``; request =
-  ``{"rid", "op": "tool", "job", "tool", "params"}`` | ``{"rid", "op": "call", "job",
+  ``{"rid", "op": "tool", "job", "tool", "params", "trace"?}`` | ``{"rid", "op": "call", "job",
   "object", "method", "args", "kwargs"?}`` | ``{"rid", "op": "cancel", "target"}``.
 * ``rpc``     ``{"t", "rid", "op": "get"|"exists"|"keys"|"call"|"budget", "infra"?, "key"?,
   "job"?, "object"?, "method"?, "args"?}`` (synchronous, on the worker's second DEALER;
@@ -184,7 +186,7 @@ def encode_spec(spec: Any) -> dict[str, Any]:
 
 
 def encode_job(jid: int, runner: int, infra: int, job: Any, timeout_s: float | None,
-               mailbox: dict[str, Any] | None) -> dict[str, Any]:
+               mailbox: dict[str, Any] | None, trace: dict[str, str] | None = None) -> dict[str, Any]:
     """One ``jobs`` entry for an ``AgentJob`` (read back by the worker, checked by :func:`decode`)."""
     d: dict[str, Any] = {"id": jid, "runner": runner, "infra": infra, "spec": encode_spec(job.spec), "task": job.task}
     if job.isolated:
@@ -201,6 +203,8 @@ def encode_job(jid: int, runner: int, infra: int, job: Any, timeout_s: float | N
         d["timeout_s"] = timeout_s
     if mailbox is not None:
         d["mailbox"] = mailbox
+    if trace is not None:
+        d["trace"] = trace
     return d
 
 
@@ -264,6 +268,15 @@ def _int_list(b: dict[str, Any], key: str, path: str = "$") -> None:
             _want(j, int, f"{path}.{key}[{i}]", "int")
 
 
+def _trace(d: dict[str, Any], path: str) -> None:
+    """An optional ``trace`` carrier: an object of str values (``{"traceparent": ..., "tracestate"?: ...}``)."""
+    v = d.get("trace")
+    if v is not None:
+        _want(v, dict, f"{path}.trace", "object")
+        for k, x in v.items():
+            _want(x, str, f"{path}.trace.{k}", "str")
+
+
 def _want_str(v: Any, path: str) -> None:
     """A str, or a str JSON cannot carry tagged ``{"$u": base64}`` (see ``payloads.escape_strings``)."""
     if type(v) is dict and len(v) == 1 and type(v.get(SURROGATE_TAG)) is str:
@@ -311,6 +324,7 @@ def _check_job(j: Any, path: str) -> None:
         for key in ("isolated", "spec_tools", "validate_tools", "tool_executor"):
             _opt(j, key, bool, path, "bool")
         _opt(j, "timeout_s", _NUM, path, "number")
+        _trace(j, path)
         tools = j.get("tools")
         if tools is not None:
             _want(tools, dict, f"{path}.tools", "object")
@@ -462,6 +476,7 @@ def _check_request(q: Any, path: str) -> None:
         _str(q, "tool", path)
         if "params" not in q:
             _fail(f"{path}.params", "missing required field")
+        _trace(q, path)
     elif op == "call":
         _int(q, "job", path)
         _int(q, "object", path)

@@ -32,6 +32,7 @@ import orjson
 import zmq
 
 from ... import _strings as S
+from ... import tracing as _tracing
 from ...errors import ToolError, WireProtocolError
 from ...isolation import AgentContext
 from ...mailbox import Mailbox
@@ -162,6 +163,12 @@ class WorkerProcess:
     async def main(self) -> None:
         """Connect, say hello, serve until ``stop``; then cancel what runs and close everything."""
         loop = self.loop = asyncio.get_running_loop()
+        init = self.cfg.get("initializer")
+        if init is not None:  # the executor's initializer (e.g. a TracerProvider and its exporter), before any job
+            import dill
+
+            dill.loads(init)()
+        _tracing.preload()
         ctx = zmq.Context()
         ident = f"w{self.index}.{self.gen}".encode()
         endpoint = self.cfg["endpoint"]
@@ -216,6 +223,7 @@ class WorkerProcess:
                 t.cancel()
             if tasks:
                 await asyncio.wait(tasks, timeout=0.2)
+            _tracing.flush()  # spans a provider still buffers (carmulti.tracing)
             for wc in self.coordinations.values():
                 wc.release()
             beat_stop.set()
@@ -360,7 +368,8 @@ class WorkerProcess:
                          register_spec_tools=j.get("spec_tools", True),
                          validate_job_tools=j.get("validate_tools", True))
         env = AgentEnvironment(view, wc.sink, wc.policies, wc.budget, j.get("timeout_s"), self.grace,
-                               lambda name: _isolated(view, name), lambda task, name: self._abandoned(job))
+                               lambda name: _isolated(view, name), lambda task, name: self._abandoned(job),
+                               remote=True, trace_context=j.get("trace"))
         tools = RemoteTools(self, jid) if j.get("tool_executor") else None
         job.task = self.loop.create_task(self._run(job, runner, agent, env, mailbox, tools))
 
