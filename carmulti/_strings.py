@@ -25,6 +25,16 @@ MISSING_RESULT = "internal: missing join result"
 STATE_KEY = "agent.{name}.answer"
 STATE_WRITER = "swarm.{name}"
 
+
+def state_key(name: str) -> str:
+    """``STATE_KEY`` for agent ``name`` (an f-string: on every agent's path, ``str.format`` costs twice as much)."""
+    return f"agent.{name}.answer"
+
+
+def state_writer(name: str) -> str:
+    """``STATE_WRITER`` for agent ``name``."""
+    return f"swarm.{name}"
+
 # -- delegator [V] ---------------------------------------------------------------
 DELEGATE_TOOL = "delegate"
 UNKNOWN_TOOL = "unknown tool: {tool}"

@@ -203,7 +203,8 @@ def publish(infra: "SharedInfra", output: AgentOutput, run: AgentRun | None = No
         run.merge()
     infra.record_output(output)
     if write_state:
-        infra.state.set(S.STATE_KEY.format(name=output.name), output.answer, S.STATE_WRITER.format(name=output.name))
+        name = output.name
+        infra.state.set(S.state_key(name), output.answer, S.state_writer(name))
     return output
 
 

@@ -25,7 +25,7 @@ import math
 import time
 import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Generator, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Coroutine, Generator, Mapping
 
 import orjson
 
@@ -84,9 +84,12 @@ class AgentEnvironment:
     trace_context: Mapping[str, str] | None = None
 
 
-async def run_agent(runner: "AgentRunner", job: AgentJob, env: AgentEnvironment, *, mailbox: Any,
-                    tool_executor: "ToolExecutor | None" = None) -> AgentRun:
-    """Run one agent in ``env``; never raises for an agent failure.
+def run_agent(runner: "AgentRunner", job: AgentJob, env: AgentEnvironment, *, mailbox: Any,
+              tool_executor: "ToolExecutor | None" = None) -> Coroutine[Any, Any, AgentRun]:
+    """Run one agent in ``env`` (await the result); never raises for an agent failure.
+
+    A plain function returning the run's coroutine, so a 100k-agent batch
+    creates one coroutine per agent, not one per layer.
 
     Args:
         runner: The caller's runner.
@@ -107,9 +110,13 @@ async def run_agent(runner: "AgentRunner", job: AgentJob, env: AgentEnvironment,
     if _tracing.ENABLED:  # an ``invoke_agent`` span around the run (carmulti.tracing), when something records it
         trace = _tracing.agent_trace(job.spec, env.remote, env.trace_context, env.timeout_s)
         if trace is not None:
-            run: AgentRun = await trace.run(_run_agent(runner, job, env, mailbox, tool_executor, trace))
-            return run
-    return await _run_agent(runner, job, env, mailbox, tool_executor, None)
+            return _traced(trace, _run_agent(runner, job, env, mailbox, tool_executor, trace))
+    return _run_agent(runner, job, env, mailbox, tool_executor, None)
+
+
+async def _traced(trace: "_tracing.AgentTrace", coro: Coroutine[Any, Any, AgentRun]) -> AgentRun:
+    run: AgentRun = await trace.run(coro)
+    return run
 
 
 async def _run_agent(runner: "AgentRunner", job: AgentJob, env: AgentEnvironment, mailbox: Any,

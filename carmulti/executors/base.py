@@ -208,20 +208,3 @@ class Executor(Protocol):
     async def aclose(self) -> None:
         """Stop and release everything; idempotent."""
         ...
-
-
-async def gather_runs(executor: Executor, runner: "AgentRunner", jobs: Sequence[AgentJob],
-                      coordination: Coordination) -> list[AgentRun]:
-    """A ``run_batch`` made of ``run_agent`` calls: every job concurrently, results in job order."""
-    if not jobs:
-        return []
-    if len(jobs) == 1:
-        return [await executor.run_agent(runner, jobs[0], coordination)]
-    big = len(jobs) >= GC_RELAX_AT
-    if big:
-        gc_relax()
-    try:
-        return list(await asyncio.gather(*[executor.run_agent(runner, j, coordination) for j in jobs]))
-    finally:
-        if big:
-            gc_restore()

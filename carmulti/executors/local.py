@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Coroutine, Sequence
 
 from .. import _validate as V
 from ..mailbox import Mailbox
 from .agent_run import AgentEnvironment, run_agent
-from .base import AgentJob, AgentRun, Coordination, gather_runs
+from .base import GC_RELAX_AT, AgentJob, AgentRun, Coordination, gc_relax, gc_restore
 
 if TYPE_CHECKING:
     from ..runner import AgentRunner
@@ -68,15 +68,31 @@ class LocalExecutor:
 
     async def run_batch(self, runner: "AgentRunner", jobs: Sequence[AgentJob],
                         coordination: Coordination) -> list[AgentRun]:
-        """Run ``jobs`` concurrently; results in job order."""
-        return await gather_runs(self, runner, jobs, coordination)
+        """Run ``jobs`` concurrently; results in job order (one environment for the batch)."""
+        if len(jobs) <= 1:
+            return [await self.run_agent(runner, jobs[0], coordination)] if jobs else []
+        env = self._environment(coordination)
+        big = len(jobs) >= GC_RELAX_AT
+        if big:
+            gc_relax()
+        try:
+            return list(await asyncio.gather(*[
+                run_agent(runner, job, env, mailbox=job.mailbox if job.mailbox is not None else Mailbox(),
+                          tool_executor=job.tool_executor) for job in jobs]))
+        finally:
+            if big:
+                gc_restore()
 
-    async def run_agent(self, runner: "AgentRunner", job: AgentJob, coordination: Coordination) -> AgentRun:
-        """Run one agent here; never raises for agent failures (see ``executors.base``)."""
-        env = AgentEnvironment(coordination.state, coordination.log, coordination.policies, coordination.budget,
-                               coordination.agent_timeout_s, self.cancel_grace_s, None, self._abandon)
-        mailbox = job.mailbox if job.mailbox is not None else Mailbox()
-        return await run_agent(runner, job, env, mailbox=mailbox, tool_executor=job.tool_executor)
+    def run_agent(self, runner: "AgentRunner", job: AgentJob,
+                  coordination: Coordination) -> Coroutine[Any, Any, AgentRun]:
+        """Run one agent here (await the result); never raises for agent failures (see ``executors.base``)."""
+        return run_agent(runner, job, self._environment(coordination),
+                         mailbox=job.mailbox if job.mailbox is not None else Mailbox(),
+                         tool_executor=job.tool_executor)
+
+    def _environment(self, coordination: Coordination) -> AgentEnvironment:
+        return AgentEnvironment(coordination.state, coordination.log, coordination.policies, coordination.budget,
+                                coordination.agent_timeout_s, self.cancel_grace_s, None, self._abandon)
 
     def _abandon(self, task: "asyncio.Task[Any]", name: str) -> None:
         log.warning("agent %r ignored cancellation for %.1fs after its timeout; abandoned (cancelled again at "
