@@ -35,7 +35,6 @@ Contract for every executor:
 
 from __future__ import annotations
 
-import asyncio
 import gc
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping, Protocol, Sequence, runtime_checkable
@@ -51,7 +50,7 @@ if TYPE_CHECKING:
     from ..runtime import ToolExecutor
 
 __all__ = ["IDEMPOTENT_METADATA_KEY", "AgentJob", "AgentRun", "Coordination", "Executor", "GC_RELAX_AT", "gc_relax",
-           "gc_restore", "gather_runs"]
+           "gc_restore"]
 
 #: ``AgentSpec.metadata`` key: ``True`` declares the agent safe to run twice, so an
 #: executor may re-run it after losing it to a crashed worker (``ProcessExecutor``).
