@@ -30,7 +30,7 @@ from .. import _strings as S
 from .. import tracing
 from .._validate import int_at_least
 from ..executors.base import AgentJob
-from ..lifecycle import conclude, reserve, run_load_bearing, run_one
+from ..lifecycle import conclude, reserve, run_load_bearing, run_many, run_one
 from ..progress import display as progress_display
 from ..progress import follow as follow_progress
 from ..runner import check_runner
@@ -107,7 +107,8 @@ class MapReduce:
         return m
 
     def with_isolation(self) -> "MapReduce":
-        """Return a copy whose mappers write to per-agent overlays, each merged when it succeeds."""
+        """Return a copy whose mappers write to per-agent overlays, each merged when it succeeds
+        (as it finishes; when every mapper runs at once, ``max_concurrent >= len(items)``, when the batch is done)."""
         m = copy.copy(self)
         m.isolated = True
         return m
@@ -279,8 +280,11 @@ class MapReduce:
         if n == 0:
             return MapReduceResult(task, [], "")
         outputs: list[AgentOutput | None] = [None] * n
-        async for i, out in self.stream(task, items, runner, infra):
-            outputs[i] = out
+        if self.max_concurrent >= n:  # every mapper at once: one batch, no feeder task per item
+            await self._map_all(task, items, runner, infra, outputs)
+        else:
+            async for i, out in self.stream(task, items, runner, infra):
+                outputs[i] = out
         map_outputs: list[AgentOutput] = outputs  # type: ignore[assignment]  # every slot is filled
         result = MapReduceResult(task, map_outputs, "")
         entries = [(o.name, o.answer) for o in map_outputs if o.succeeded]
@@ -295,6 +299,27 @@ class MapReduce:
         out = await run_load_bearing(infra, runner, AgentJob(self.reducer, _reducer_task(task, entries)), partial=result)
         result.reduced_answer = out.answer
         return result
+
+    async def _map_all(self, task: str, items: list[str], runner: "AgentRunner", infra: "SharedInfra",
+                       outputs: list[AgentOutput | None]) -> None:
+        """Map every item in one batch (``max_concurrent >= len(items)``): the same gating, names, tasks and
+        outputs as :meth:`stream`, in item order, without a feeder task per item (a million mappers in
+        flight at once cost a million tasks less); overlays are merged when the batch is done."""
+        mapper, isolated = self.mapper, self.isolated
+        names: list[str] = []
+        jobs: list[AgentJob] = []
+        slots: list[int] = []
+        for i, item in enumerate(items):
+            name = S.MAPPER_NAME.format(name=mapper.name, i=i)
+            skipped = reserve(infra, name)
+            if skipped is not None:
+                outputs[i] = skipped
+                continue
+            names.append(name)
+            slots.append(i)
+            jobs.append(AgentJob(mapper.with_name(name), S.MAPPER_TASK.format(task=task, item=item), isolated=isolated))
+        for i, name, run in zip(slots, names, await run_many(infra, runner, jobs)):
+            outputs[i] = conclude(infra, run, name)
 
     async def _reduce_level(self, task: str, chunks: list[list[tuple[str, str]]], level: int,
                             runner: "AgentRunner", infra: "SharedInfra", partial: MapReduceResult) -> list[AgentOutput]:
