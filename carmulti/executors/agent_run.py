@@ -263,6 +263,11 @@ def output_problem(o: AgentOutput) -> str | None:
     Returns:
         ``"<field>: <what is wrong>"`` for the first bad field, or ``None``.
     """
+    if (type(o.name) is str and o.name and type(o.answer) is str and type(o.turns) is int
+            and 0 <= o.turns < _COUNT_LIMIT and type(o.tool_calls) is int and 0 <= o.tool_calls < _COUNT_LIMIT
+            and type(o.duration_ms) is float and 0.0 <= o.duration_ms < math.inf and o.error is None
+            and o.tokens is None and o.outcome is None and type(o.tools_used) is list and not o.tools_used):
+        return None  # the common shape, checked at once
     p = _str_problem(o.name, "name", non_empty=True) or _str_problem(o.answer, "answer")
     if p:
         return p

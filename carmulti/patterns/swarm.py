@@ -176,22 +176,21 @@ class Swarm:
     async def _run_sequential(self, task: str, runner: "AgentRunner", infra: "SharedInfra") -> SwarmResult:
         mailbox = shared_mailbox()
         outputs: list[AgentOutput] = []
+        findings: list[str] = []  # one line per succeeded prior output, built once each
         for spec in self.agents:
             skipped = reserve(infra, spec.name)
             if skipped is not None:
                 outputs.append(skipped)
                 continue
-            if not outputs:
-                enriched = task
-            else:
-                lines = "\n".join(S.FINDING_LINE.format(name=o.name, answer=truncate(o.answer, S.SEQUENTIAL_TRUNCATE))
-                                  for o in outputs if o.succeeded)
-                enriched = S.PRIOR_FINDINGS.format(task=task, lines=lines)
+            enriched = S.PRIOR_FINDINGS.format(task=task, lines="\n".join(findings)) if outputs else task
             t0 = time.perf_counter()
             run = await run_one(infra, runner, AgentJob(spec, enriched, mailbox=mailbox))
             if run.error is not None and run.duration_ms <= 0.0:
                 run.duration_ms = (time.perf_counter() - t0) * 1000.0
-            outputs.append(conclude(infra, run, spec.name, keep_duration=True))
+            out = conclude(infra, run, spec.name, keep_duration=True)
+            outputs.append(out)
+            if out.succeeded:
+                findings.append(S.FINDING_LINE.format(name=out.name, answer=truncate(out.answer, S.SEQUENTIAL_TRUNCATE)))
         summary = await self.synthesize(task, outputs, runner, infra)
         return SwarmResult(task, outputs, summary)
 
