@@ -135,16 +135,24 @@ class Swarm:
 
     # -- parallel ----------------------------------------------------------------
     async def _run_parallel(self, task: str, runner: "AgentRunner", infra: "SharedInfra") -> SwarmResult:
+        outputs = await self._parallel_outputs(self.agents, task, runner, infra, self.isolated, self.workspaces)
+        summary = await self.synthesize(task, outputs, runner, infra)
+        return SwarmResult(task, outputs, summary)
+
+    @staticmethod
+    async def _parallel_outputs(agents: Sequence[AgentSpec], task: str, runner: "AgentRunner", infra: "SharedInfra",
+                                isolated: bool, workspaces: WorkspaceConfig | None) -> list[AgentOutput]:
+        """One parallel round: every agent gated, run at once, concluded in agent order."""
         mailbox = shared_mailbox()
         slots: list[AgentOutput | int] = []
         jobs: list[AgentJob] = []
         spaces: list[AgentWorkspace | None] = []
-        for spec in self.agents:
+        for spec in agents:
             ws: AgentWorkspace | None = None
-            if self.workspaces is not None:
+            if workspaces is not None:
                 # Before the budget reservation, so a provisioning failure burns no slot.
                 try:
-                    ws = await _provision(self.workspaces, spec.name)
+                    ws = await _provision(workspaces, spec.name)
                 except WorkspaceError as err:
                     slots.append(workspace_failed_output(spec.name, err, infra))
                     continue
@@ -155,22 +163,15 @@ class Swarm:
                 slots.append(skipped)
                 continue
             slots.append(len(jobs))
-            jobs.append(AgentJob(ws.inject(spec) if ws is not None else spec, task, isolated=self.isolated, mailbox=mailbox))
+            jobs.append(AgentJob(ws.inject(spec) if ws is not None else spec, task, isolated=isolated, mailbox=mailbox))
             spaces.append(ws)
 
-        if self.workspaces is None:
+        if workspaces is None:
             runs = await run_many(infra, runner, jobs)
         else:
             runs = list(await asyncio.gather(*[_run_in_workspace(runner, j, ws, infra) for j, ws in zip(jobs, spaces)]))
-
-        outputs: list[AgentOutput] = []
-        for spec, slot in zip(self.agents, slots):
-            if isinstance(slot, AgentOutput):
-                outputs.append(slot)
-            else:
-                outputs.append(conclude(infra, runs[slot], spec.name))
-        summary = await self.synthesize(task, outputs, runner, infra)
-        return SwarmResult(task, outputs, summary)
+        return [slot if isinstance(slot, AgentOutput) else conclude(infra, runs[slot], spec.name)
+                for spec, slot in zip(agents, slots)]
 
     # -- sequential --------------------------------------------------------------
     async def _run_sequential(self, task: str, runner: "AgentRunner", infra: "SharedInfra") -> SwarmResult:
@@ -196,23 +197,19 @@ class Swarm:
 
     # -- debate --------------------------------------------------------------------
     async def _run_debate(self, task: str, runner: "AgentRunner", infra: "SharedInfra") -> SwarmResult:
-        round1 = await Swarm(self.agents, SwarmMode.PARALLEL).run(task, runner, infra)
+        # Both rounds are plain parallel rounds (Rust runs a fresh parallel Swarm each time: no isolation,
+        # no workspaces, and the round's own synthesis is not used).
+        round1 = await self._parallel_outputs(self.agents, task, runner, infra, False, None)
+        lines = [(o.name, S.FINDING_LINE.format(name=o.name, answer=truncate(o.answer, S.DEBATE_TRUNCATE)))
+                 for o in round1 if o.succeeded]  # each answer's line built once
         critiques: list[AgentSpec] = []
         for spec in self.agents:
-            others = "\n".join(S.FINDING_LINE.format(name=o.name, answer=truncate(o.answer, S.DEBATE_TRUNCATE))
-                               for o in round1.outputs if o.succeeded and o.name != spec.name)
-            critiques.append(
-                AgentSpec(
-                    name=S.CRITIQUE_NAME.format(name=spec.name),
-                    system_prompt=S.CRITIQUE_PROMPT.format(system_prompt=spec.system_prompt, task=task, others=others),
-                    tools=list(spec.tools),
-                    max_turns=spec.max_turns,
-                    metadata=dict(spec.metadata),
-                    cache_control=spec.cache_control,
-                )
-            )
-        round2 = await Swarm(critiques, SwarmMode.PARALLEL).run(task, runner, infra)
-        outputs = round1.outputs + round2.outputs
+            others = "\n".join(line for name, line in lines if name != spec.name)
+            critiques.append(spec._variant(
+                S.CRITIQUE_NAME.format(name=spec.name),
+                S.CRITIQUE_PROMPT.format(system_prompt=spec.system_prompt, task=task, others=others)))
+        round2 = await self._parallel_outputs(critiques, task, runner, infra, False, None)
+        outputs = round1 + round2
         summary = await self.synthesize(task, outputs, runner, infra)
         return SwarmResult(task, outputs, summary)
 
