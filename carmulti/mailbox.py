@@ -18,6 +18,7 @@ room with :class:`~carmulti.MailboxSend`. Nothing is ever dropped silently.
 from __future__ import annotations
 
 import asyncio
+import collections
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
@@ -59,15 +60,25 @@ class AgentMessage:
 
 
 class Inbox:
-    """The receiving end of one agent's channel."""
+    """The receiving end of one agent's channel.
 
-    __slots__ = ("name", "_queue", "_closed", "_closed_fut")
+    A bounded FIFO of ``capacity`` messages. A message sent while a receiver
+    waits is handed to that receiver directly; one sent to a full inbox waits
+    (backpressure) and is moved in, in send order, as receivers make room.
+    Timeouts are one timer per wait, no task per call.
+    """
+
+    __slots__ = ("name", "_items", "_capacity", "_getters", "_putters", "_closed")
 
     def __init__(self, name: str, capacity: int) -> None:
         self.name = name
-        self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=capacity)
+        self._capacity = capacity
+        self._items: collections.deque[Any] = collections.deque()
+        #: Receivers waiting for a message (a done future is stale: timed out or cancelled).
+        self._getters: collections.deque[asyncio.Future[Any]] = collections.deque()
+        #: Senders waiting for room, with their message.
+        self._putters: collections.deque[tuple[asyncio.Future[None], Any]] = collections.deque()
         self._closed = False
-        self._closed_fut: asyncio.Future[None] | None = None
 
     def close(self) -> None:
         """Refuse further messages; senders waiting for room get :class:`MailboxSend`.
@@ -76,21 +87,35 @@ class Inbox:
         agent is unregistered or its name is registered again.
         """
         self._closed = True
-        fut = self._closed_fut
-        if fut is not None and not fut.done():
-            fut.set_result(None)
+        putters, self._putters = self._putters, collections.deque()
+        for fut, _msg in putters:
+            if not fut.done():
+                fut.set_exception(MailboxSend(f"inbox of '{self.name}' was closed while the message waited for "
+                                              "room; it was not delivered"))
 
     @property
     def capacity(self) -> int:
-        return self._queue.maxsize
+        return self._capacity
 
     def qsize(self) -> int:
         """Messages waiting."""
-        return self._queue.qsize()
+        return len(self._items)
 
     @property
     def closed(self) -> bool:
         return self._closed
+
+    def _take(self) -> Any:
+        """Pop the oldest message (there is one) and let the oldest waiting sender's message in."""
+        msg = self._items.popleft()
+        putters = self._putters
+        while putters:
+            fut, waiting = putters.popleft()
+            if not fut.done():
+                self._items.append(waiting)
+                fut.set_result(None)
+                break
+        return msg
 
     async def recv(self, timeout_s: float | None = None) -> Any:
         """Wait for the next message.
@@ -101,59 +126,88 @@ class Inbox:
         Raises:
             MailboxTimeout: nothing arrived within ``timeout_s``.
         """
-        q = self._queue
-        if not q.empty():
-            return q.get_nowait()
-        if timeout_s is None:
-            return await q.get()
+        if self._items:
+            return self._take()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        self._getters.append(fut)
+        timer = None if timeout_s is None else loop.call_later(timeout_s, _expire, fut, self.name)
         try:
-            async with asyncio.timeout(timeout_s):  # no task per call, unlike wait_for
-                return await q.get()
-        except TimeoutError:
-            raise MailboxTimeout(self.name) from None
+            return await fut
+        except BaseException:
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                # Handed a message, then cancelled before resuming: put it back first in line.
+                self._items.appendleft(fut.result())
+                self._hand_off()
+            else:
+                _discard(self._getters, fut)  # timed out or cancelled while waiting: no stale waiter left
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    def _hand_off(self) -> None:
+        """Give the oldest message to the oldest live waiting receiver, if both exist."""
+        getters = self._getters
+        while self._items and getters:
+            fut = getters.popleft()
+            if not fut.done():
+                fut.set_result(self._take())
 
     def try_recv(self) -> Any | None:
         """The next message if one is waiting, else ``None``."""
-        try:
-            return self._queue.get_nowait()
-        except asyncio.QueueEmpty:
-            return None
+        return self._take() if self._items else None
 
     async def _put(self, msg: Any, timeout_s: float | None) -> None:
         if self._closed:
             raise MailboxSend(f"inbox of '{self.name}' is closed")
-        q = self._queue
-        if not q.full():
-            q.put_nowait(msg)
+        getters = self._getters
+        while getters:  # a receiver is waiting (the inbox is empty): hand the message over
+            fut = getters.popleft()
+            if not fut.done():
+                fut.set_result(msg)
+                return
+        if len(self._items) < self._capacity:
+            self._items.append(msg)
             return
         # Backpressure: wait for room, for the timeout, or for the inbox to close.
-        if self._closed_fut is None:
-            self._closed_fut = asyncio.get_running_loop().create_future()
-        put = asyncio.ensure_future(q.put(msg))
+        loop = asyncio.get_running_loop()
+        wait: asyncio.Future[None] = loop.create_future()
+        self._putters.append((wait, msg))
+        timer = None if timeout_s is None else loop.call_later(
+            timeout_s, _expire_put, wait, MailboxFull(self.name, self._capacity, timeout_s))
         try:
-            done, _ = await asyncio.wait((put, self._closed_fut), timeout=timeout_s,
-                                         return_when=asyncio.FIRST_COMPLETED)
-        except asyncio.CancelledError:
-            put.cancel()
+            await wait  # done: the message is in the inbox; MailboxSend: closed; MailboxFull: timed out
+        except BaseException:
+            if not wait.done() or wait.cancelled() or wait.exception() is not None:
+                _discard(self._putters, (wait, msg))  # not delivered: no stale sender left
             raise
-        if put in done:
-            put.result()
-            return
-        put.cancel()
-        try:
-            await put
-        except asyncio.CancelledError:
-            pass
-        if self._closed:
-            raise MailboxSend(f"inbox of '{self.name}' was closed while the message waited for room; "
-                              "it was not delivered")
-        raise MailboxFull(self.name, q.maxsize, timeout_s)  # type: ignore[arg-type]
+        finally:
+            if timer is not None:
+                timer.cancel()
 
     def __aiter__(self) -> "Inbox":
         return self
 
     async def __anext__(self) -> Any:
         return await self.recv()
+
+
+def _discard(waiters: "collections.deque[Any]", item: Any) -> None:
+    try:
+        waiters.remove(item)
+    except ValueError:
+        pass
+
+
+def _expire(fut: "asyncio.Future[Any]", name: str) -> None:
+    if not fut.done():
+        fut.set_exception(MailboxTimeout(name))
+
+
+def _expire_put(fut: "asyncio.Future[None]", exc: MailboxFull) -> None:
+    if not fut.done():
+        fut.set_exception(exc)
 
 
 class _Router(Generic[_K]):
@@ -216,6 +270,16 @@ class Mailbox(_Router[str]):
         #: The inbox of the agent this mailbox was handed to, when the engine
         #: registered one for it; ``None`` otherwise.
         self.inbox: Inbox | None = None
+
+    @classmethod
+    def _fresh(cls) -> "Mailbox":
+        """``Mailbox()`` without re-validating the default capacity: the private mailbox each agent of a
+        big fan-out gets when its job carries none (one per agent in flight)."""
+        m = cls.__new__(cls)
+        m._capacity = DEFAULT_BUFFER_SIZE
+        m._inboxes = {}
+        m.inbox = None
+        return m
 
     @property
     def buffer_size(self) -> int:

@@ -119,3 +119,66 @@ def test_buffer_size_validation():
 def test_message_round_trip():
     m = Message("a", "b", {"k": [1]}, kind="json")
     assert Message.from_dict(m.to_dict()) == m
+
+
+# -- the inbox channel (deque + direct hand-off) -------------------------------------------------------------------
+
+async def test_timed_out_and_cancelled_waits_leave_no_waiter_behind():
+    """An agent polling an empty inbox with a timeout for hours must not grow it."""
+    mb = Mailbox(buffer_size=1)
+    inbox = mb.register("b")
+    for _ in range(200):
+        with pytest.raises(MailboxTimeout):
+            await inbox.recv(timeout_s=0)
+    waiter = asyncio.ensure_future(inbox.recv())
+    await asyncio.sleep(0)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert len(inbox._getters) == 0
+    await mb.send(Message("a", "b", 1))  # fills the one slot
+    for _ in range(50):
+        with pytest.raises(MailboxFull):
+            await mb.send(Message("a", "b", 2), timeout_s=0)
+    assert len(inbox._putters) == 0 and inbox.qsize() == 1
+    assert (await inbox.recv()).content == 1 and inbox.try_recv() is None  # the refused messages never arrive
+
+
+async def test_message_handed_to_a_cancelled_receiver_is_not_lost():
+    mb = Mailbox()
+    inbox = mb.register("b")
+    first = asyncio.ensure_future(inbox.recv())
+    await asyncio.sleep(0)  # waiting
+    await mb.send(Message("a", "b", "kept"))  # handed straight to ``first``'s wait
+    first.cancel()  # ... which is cancelled before it resumes
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    msg = await inbox.recv(timeout_s=1)
+    assert msg.content == "kept" and inbox.qsize() == 0
+
+
+async def test_waiting_senders_get_in_in_send_order_and_a_timed_out_one_drops_out():
+    mb = Mailbox(buffer_size=1)
+    inbox = mb.register("b")
+    await mb.send(Message("a", "b", 0))
+    s1 = asyncio.ensure_future(mb.send(Message("a", "b", 1)))
+    s2 = asyncio.ensure_future(mb.send(Message("a", "b", 2), timeout_s=0.01))
+    s3 = asyncio.ensure_future(mb.send(Message("a", "b", 3)))
+    await asyncio.sleep(0.05)  # s2 times out while waiting for room
+    with pytest.raises(MailboxFull):
+        await s2
+    got = [(await inbox.recv(timeout_s=1)).content for _ in range(3)]
+    await asyncio.gather(s1, s3)
+    assert got == [0, 1, 3] and inbox.qsize() == 0
+
+
+async def test_close_fails_waiting_senders_and_keeps_accepted_messages():
+    mb = Mailbox(buffer_size=1)
+    inbox = mb.register("b")
+    await mb.send(Message("a", "b", "accepted"))
+    waiting = asyncio.ensure_future(mb.send(Message("a", "b", "refused")))
+    await asyncio.sleep(0)
+    mb.unregister("b")
+    with pytest.raises(MailboxSend, match="closed while the message waited for room"):
+        await waiting
+    assert inbox.try_recv().content == "accepted" and inbox.try_recv() is None
