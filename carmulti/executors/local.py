@@ -77,7 +77,7 @@ class LocalExecutor:
             gc_relax()
         try:
             return list(await asyncio.gather(*[
-                run_agent(runner, job, env, mailbox=job.mailbox if job.mailbox is not None else Mailbox(),
+                run_agent(runner, job, env, mailbox=job.mailbox if job.mailbox is not None else Mailbox._fresh(),
                           tool_executor=job.tool_executor) for job in jobs]))
         finally:
             if big:
@@ -87,7 +87,7 @@ class LocalExecutor:
                   coordination: Coordination) -> Coroutine[Any, Any, AgentRun]:
         """Run one agent here (await the result); never raises for agent failures (see ``executors.base``)."""
         return run_agent(runner, job, self._environment(coordination),
-                         mailbox=job.mailbox if job.mailbox is not None else Mailbox(),
+                         mailbox=job.mailbox if job.mailbox is not None else Mailbox._fresh(),
                          tool_executor=job.tool_executor)
 
     def _environment(self, coordination: Coordination) -> AgentEnvironment:

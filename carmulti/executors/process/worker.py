@@ -356,7 +356,7 @@ class WorkerProcess:
         self.jobs[jid] = job
         mb = j.get("mailbox")
         if mb is None:
-            mailbox: Any = Mailbox()
+            mailbox: Any = Mailbox._fresh()
         elif mb["kind"] == "mailbox":
             mailbox = RemoteMailbox(self, jid, mb["object"], mb["buffer_size"])
         else:
