@@ -29,3 +29,50 @@ def machine() -> dict[str, object]:
         "machine": platform.machine(),
         "cpus": os.cpu_count(),
     }
+
+
+class RssSampler:
+    """Peak resident set size of this process plus all its descendants (worker processes), sampled.
+
+    ``with RssSampler() as s: ...`` records the total at entry (``s.before``, bytes)
+    and the highest total seen while the block ran (``s.peak``, bytes), sampling
+    every ``interval_s`` seconds on a daemon thread (psutil). A sum of the
+    processes' peaks would overstate it: they need not peak at the same moment.
+    """
+
+    def __init__(self, interval_s: float = 0.1) -> None:
+        import threading
+
+        self.interval_s = interval_s
+        self.before = 0
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="rss-sampler", daemon=True)
+
+    @staticmethod
+    def total() -> int:
+        """Bytes resident now: this process and its descendants (those that vanish mid-read are skipped)."""
+        import psutil
+
+        me = psutil.Process()
+        total = me.memory_info().rss
+        for child in me.children(recursive=True):
+            try:
+                total += child.memory_info().rss
+            except psutil.Error:
+                pass
+        return total
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.peak = max(self.peak, self.total())
+
+    def __enter__(self) -> "RssSampler":
+        self.before = self.peak = self.total()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.total())

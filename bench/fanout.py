@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
+import contextlib
 import math
 import os
 import time
@@ -38,6 +39,7 @@ import carmulti
 from carmulti import AgentSpec, LocalExecutor, MapReduce, ProcessExecutor, RayExecutor, SharedInfra, Swarm
 
 from ._report import Report, Row, add_common_arguments, median, progress, repeats
+from ._util import RssSampler
 
 PHI = (math.sqrt(5) - 1) / 2
 
@@ -105,9 +107,13 @@ def _noop() -> None:
     pass
 
 
-def _executor(executor: str, workers: int | None, batch_size: int, ray_address: str | None) -> Any:
+def _executor(executor: str, workers: int | None, batch_size: int, ray_address: str | None,
+              concurrency: int | None = None) -> Any:
     if executor == "process":
-        return ProcessExecutor(workers=workers, batch_size=batch_size)
+        w = workers or os.cpu_count() or 2
+        # Every agent of a --concurrency C run may be in flight at once: let each worker hold its share.
+        inflight = max(8192, -(-concurrency // w)) if concurrency else 8192
+        return ProcessExecutor(workers=w, batch_size=batch_size, max_inflight_per_worker=inflight)
     if executor == "ray":
         return RayExecutor(address=ray_address, workers=workers, batch_size=batch_size)
     return LocalExecutor()
@@ -115,9 +121,13 @@ def _executor(executor: str, workers: int | None, batch_size: int, ray_address: 
 
 async def _ours(n: int, *, executor: str, workers: int | None, batch_size: int, lo: float, hi: float,
                 concurrency: int | None, repeat: int, warmup: int, tick: Callable[[], None] = _noop,
-                ray_address: str | None = None) -> list[float]:
-    """agents/s of each measured run (a warm-up first ships the runner to the workers); ``tick()`` after each."""
-    ex = _executor(executor, workers, batch_size, ray_address)
+                ray_address: str | None = None, rss: list[tuple[int, int]] | None = None) -> list[float]:
+    """agents/s of each measured run (a warm-up first ships the runner to the workers); ``tick()`` after each.
+
+    With ``rss``, each measured run appends ``(bytes resident before, peak bytes resident)`` of this
+    process plus its workers (:class:`RssSampler`).
+    """
+    ex = _executor(executor, workers, batch_size, ray_address, concurrency)
     runner = _runner(lo, hi)
     rates = []
     all_specs = [AgentSpec(f"a_{i}") for i in range(n)]  # built outside the timed region, as for the baselines
@@ -126,15 +136,19 @@ async def _ours(n: int, *, executor: str, workers: int | None, batch_size: int, 
             infra.state.replace_all({})
             m = min(n, 256) if k < warmup else n
             specs = all_specs[:m]
-            t0 = time.perf_counter()
-            if concurrency is None:
-                res = await Swarm(specs).run("fan-out", runner, infra)
-                outs = res.outputs
-            else:
-                mr = MapReduce(AgentSpec("a"), AgentSpec("reduce"), concurrency)
-                res2 = await mr.run("fan-out", [""] * m, runner, infra)
-                outs = res2.map_outputs
-            dt = time.perf_counter() - t0
+            sampler = RssSampler() if rss is not None and k >= warmup else contextlib.nullcontext()
+            with sampler:
+                t0 = time.perf_counter()
+                if concurrency is None:
+                    res = await Swarm(specs).run("fan-out", runner, infra)
+                    outs = res.outputs
+                else:
+                    mr = MapReduce(AgentSpec("a"), AgentSpec("reduce"), concurrency)
+                    res2 = await mr.run("fan-out", [""] * m, runner, infra)
+                    outs = res2.map_outputs
+                dt = time.perf_counter() - t0
+            if isinstance(sampler, RssSampler) and rss is not None:
+                rss.append((sampler.before, sampler.peak))
             bad = sum(1 for o in outs if not o.succeeded)
             if bad or len(outs) != m:
                 raise SystemExit(f"carmulti run failed: {bad} failed outputs of {len(outs)}")
@@ -303,6 +317,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="run a MapReduce with max_concurrent=C instead of one parallel Swarm")
     p.add_argument("--max-wall-ratio", type=float, default=1.1, metavar="R",
                    help="with --latency: target wall time at most R x the ideal (default 1.1)")
+    p.add_argument("--max-rss-mib", type=float, default=None, metavar="MIB",
+                   help="with --latency: target peak RSS of coordinator + workers at most MIB (e.g. 4096)")
     p.add_argument("--batch-size", type=int, default=512, help="ProcessExecutor batch_size (default 512)")
     p.add_argument("--peers", action="store_true", help="also LangGraph (local) / Ray (process): pip install '.[bench-peers]'")
     p.add_argument("--plot", metavar="PNG", default=None, help="sweep N and draw agents/s and peak RSS against N")
@@ -317,9 +333,10 @@ def main(args: argparse.Namespace) -> int:
     report = Report("fanout", {"executor": args.executor, "agents": n, "workers": args.workers if args.executor == "process" else None,
                                "latency_s": [lo, hi], "pattern": shape, "repeat": args.repeat})
     label = f"carmulti {shape}, {args.executor}"
+    rss: list[tuple[int, int]] | None = [] if hi > 0 else None
     with progress("fanout", label, args.repeat) as tick:
         ours = carmulti.run(_ours(n, executor=args.executor, workers=args.workers, batch_size=args.batch_size, lo=lo,
-                                  hi=hi, concurrency=conc, repeat=args.repeat, warmup=args.warmup, tick=tick))
+                                  hi=hi, concurrency=conc, repeat=args.repeat, warmup=args.warmup, tick=tick, rss=rss))
     if hi > 0:
         total = sum(agent_latency(i, lo, hi) for i in range(n))
         width = conc if conc else n
@@ -328,6 +345,16 @@ def main(args: argparse.Namespace) -> int:
         report.add(Row(f"{label}: wall / ideal (sum latency / concurrency)", median(walls) / ideal, "x", runs=[w / ideal for w in walls],
                        note=f"ideal {ideal:.2f} s", max_value=args.max_wall_ratio))
         report.extra.update({"ideal_wall_s": ideal, "walls_s": walls})
+        if rss:
+            # Everything the run holds at its peak (coordinator plus workers), spread over the agents in flight at once.
+            in_flight = min(conc or n, n)
+            peaks = [float(p) for _, p in rss]
+            per_agent = [(p - b) / in_flight for b, p in rss]
+            report.add(Row(f"{label}: peak RSS, coordinator + workers", median(peaks) / 2**20, "MiB",
+                           runs=[p / 2**20 for p in peaks], max_value=args.max_rss_mib))
+            report.add(Row(f"{label}: bytes per in-flight agent ({in_flight:,} at once)", median(per_agent), "B",
+                           runs=per_agent, note="(peak - before) / agents in flight"))
+            report.extra.update({"rss_before_bytes": [b for b, _ in rss], "rss_peak_bytes": peaks})
         with progress("fanout", "asyncio.gather (+Semaphore)", args.repeat) as tick:
             base = carmulti.run(_gather(n, lo, hi, conc, args.repeat, tick))
         report.add(Row(label, median(ours), "agents/s", median(base), "asyncio.gather (+Semaphore)", ours, base))
@@ -337,7 +364,7 @@ def main(args: argparse.Namespace) -> int:
     if args.executor == "local":
         with progress("fanout", "bare asyncio.gather", args.repeat) as tick:
             base = carmulti.run(_gather(n, 0, 0, conc, args.repeat, tick))
-        report.add(Row(label, median(ours), "agents/s", median(base), "bare asyncio.gather on uvloop", ours, base, target=0.5))
+        report.add(Row(label, median(ours), "agents/s", median(base), "bare asyncio.gather on uvloop", ours, base, target=0.6))
         if args.peers:
             from . import peers
 
@@ -353,7 +380,8 @@ def main(args: argparse.Namespace) -> int:
         size = job_frame_bytes()
         with progress("fanout", "raw pyzmq DEALER/ROUTER", args.repeat) as tick:
             raw = _raw_zmq(n, size, args.repeat, tick)
-        report.add(Row(label, median(ours), "agents/s", median(raw), f"raw pyzmq DEALER/ROUTER, {size} B round trips", ours, raw))
+        report.add(Row(label, median(ours), "agents/s", median(raw), f"raw pyzmq DEALER/ROUTER, {size} B round trips", ours, raw,
+                       target=0.8, min_value=100_000))
         if args.peers:
             from . import peers
 

@@ -137,6 +137,11 @@ def test_fanout_latency_mode_reports_wall_against_ideal(tmp_path: Path) -> None:
     assert data["extra"]["ideal_wall_s"] == pytest.approx(ideal)
     ratio = data["rows"][0]
     assert ratio["unit"] == "x" and ratio["value"] >= 1.0  # no schedule beats the ideal
+    rss, per_agent = data["rows"][1], data["rows"][2]
+    assert rss["unit"] == "MiB" and rss["value"] * 2**20 == pytest.approx(data["extra"]["rss_peak_bytes"][0])
+    assert per_agent["unit"] == "B" and "(50 at once)" in per_agent["name"]
+    before, peak = data["extra"]["rss_before_bytes"][0], data["extra"]["rss_peak_bytes"][0]
+    assert 0 < before <= peak and per_agent["value"] == pytest.approx((peak - before) / 50)
 
 
 def test_parse_latency_forms_and_errors() -> None:
