@@ -7,7 +7,8 @@ import contextlib
 
 import pytest
 
-from carmulti import AgentOutput, AgentSpec, BudgetLimits, MapReduce, SharedInfra, is_budget_skipped
+from carmulti import (AgentOutput, AgentSpec, BudgetExhausted, BudgetLimits, LocalExecutor, MapReduce, SharedInfra,
+                      is_budget_skipped)
 from carmulti.testing import EchoRunner
 
 from .doubles import spec
@@ -129,3 +130,43 @@ async def test_closing_a_stream_over_an_async_source_early_does_not_hang():
             async for i, out in s:
                 assert out.succeeded
                 break
+
+
+async def test_all_at_once_map_keeps_item_order_and_the_agent_gate_across_slices(make_infra):
+    """max_concurrent >= items: mappers go out in slices of MAP_SLICE; outputs, names and the
+    max_agents gate stay in item order."""
+    from carmulti.patterns.map_reduce import MAP_SLICE
+
+    n = 2 * MAP_SLICE + 10
+    infra = make_infra(budget=BudgetLimits(max_agents=MAP_SLICE + 5))  # the reducer gets no slot either
+    with pytest.raises(BudgetExhausted) as ei:  # the reducer is denied, with the partial result
+        await MapReduce(spec("m"), spec("r"), n).run("t", [str(i) for i in range(n)], NamedAnswer(), infra)
+    outs = ei.value.partial.map_outputs
+    assert [o.name for o in outs] == [f"m_{i}" for i in range(n)]
+    assert [o.error for o in outs[:MAP_SLICE + 5] if not o.succeeded] == []
+    assert [o.answer for o in outs[:2]] == ["m_0 done", "m_1 done"]
+    assert all(is_budget_skipped(o) for o in outs[MAP_SLICE + 5:])
+
+
+async def test_all_at_once_map_starts_agents_before_the_last_slice_is_admitted():
+    from carmulti.patterns.map_reduce import MAP_SLICE
+
+    n = 4 * MAP_SLICE
+    admitted_when_first_ran: list[int] = []
+    async with SharedInfra() as infra:
+
+        class Probe:
+            async def run(self, spec, task, runtime, mailbox):
+                if spec.name == "m_0":
+                    admitted_when_first_ran.append(infra.budget.snapshot().agents_started)
+                return "ok"
+
+        res = await MapReduce(spec("m"), spec("r"), n).run("t", ["x"] * n, Probe(), infra)
+    assert len(res.map_outputs) == n and all(o.succeeded for o in res.map_outputs)
+    assert admitted_when_first_ran[0] <= 2 * MAP_SLICE  # not after every one of the 4 slices was admitted
+
+
+class NamedAnswer:
+    async def run(self, spec, task, runtime, mailbox):
+        await asyncio.sleep(0)
+        return f"{spec.name} done"
