@@ -74,10 +74,10 @@ def agent_latency(i: int, lo: float, hi: float) -> float:
     return lo + (hi - lo) * ((i * PHI) % 1.0)
 
 
-def _index(name: str) -> int:
-    """Agent ``a_17`` -> 17; names without an index (the reducer) -> 0."""
+def _index(name: str) -> int | None:
+    """Agent ``a_17`` -> 17; a name without an index (the MapReduce reducer) -> ``None``."""
     tail = name.rsplit("_", 1)[-1]
-    return int(tail) if tail.isdigit() else 0
+    return int(tail) if tail.isdigit() else None
 
 
 class ZeroRunner:
@@ -88,13 +88,19 @@ class ZeroRunner:
 
 
 class LatencyRunner:
-    """Sleeps the agent's deterministic latency, then answers."""
+    """Sleeps the agent's deterministic latency, then answers.
+
+    The MapReduce reducer (no index in its name) is not one of the N agents the
+    ideal wall time counts: it answers at once, so wall / ideal measures the fan-out.
+    """
 
     def __init__(self, lo: float, hi: float) -> None:
         self.lo, self.hi = lo, hi
 
     async def run(self, spec: AgentSpec, task: str, runtime: Any, mailbox: Any) -> str:
-        await asyncio.sleep(agent_latency(_index(spec.name), self.lo, self.hi))
+        i = _index(spec.name)
+        if i is not None:
+            await asyncio.sleep(agent_latency(i, self.lo, self.hi))
         return "ok"
 
 
