@@ -311,3 +311,24 @@ async def test_large_fan_out_keeps_order():
         assert [o.name for o in res.outputs] == [s.name for s in specs]
         assert all(o.succeeded for o in res.outputs)
         assert len(infra.state.keys()) == 2 * 3000  # note.{name} + agent.{name}.answer
+
+
+async def test_a_worker_fed_more_frames_than_one_read_burst_runs_every_job_at_once():
+    """Frames beyond READ_BURST are read on a later loop turn (never dropped, never left unread on the
+    edge-triggered socket); all the jobs wait at once."""
+    from carmulti.executors.process.worker import READ_BURST
+
+    class StartClock:
+        async def run(self, spec, task, runtime, mailbox):
+            import time as _t
+
+            started = _t.monotonic()
+            await asyncio.sleep(0.2)
+            return AgentOutput(spec.name, repr(started), turns=1)
+
+    n = 8 * READ_BURST
+    async with SharedInfra(executor=ProcessExecutor(workers=1, batch_size=1)) as infra:
+        res = await Swarm([AgentSpec(f"a{i}") for i in range(n)]).run("t", StartClock(), infra)
+    assert [o.name for o in res.outputs] == [f"a{i}" for i in range(n)] and all(o.succeeded for o in res.outputs)
+    starts = [float(o.answer) for o in res.outputs]
+    assert max(starts) - min(starts) < 0.2  # every agent was waiting at once

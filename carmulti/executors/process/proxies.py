@@ -58,6 +58,9 @@ class WorkerLink(Protocol):
 
 # -- the agent's state view ------------------------------------------------------------------------------------
 
+_NO_DELS: frozenset[str] = frozenset()
+
+
 class StateView:
     """Reads fall through to the coordinator (synchronous RPC); writes stay local, recorded in order."""
 
@@ -67,7 +70,8 @@ class StateView:
         self._w = w
         self._i = infra_id
         self._sets: dict[str, bytes] = {}
-        self._dels: set[str] = set()
+        # A real set from the first delete on: most agents never delete (an empty set is 216 bytes).
+        self._dels: set[str] | frozenset[str] = _NO_DELS
         self.ops: list[list[Any]] = []
 
     def get(self, key: str, default: Any = None) -> Any:
@@ -113,12 +117,17 @@ class StateView:
         """
         b = check_json_value(value, key)  # the store's own compiled check: same rules, same messages
         self._sets[key] = b
-        self._dels.discard(key)
+        dels = self._dels
+        if dels and isinstance(dels, set):
+            dels.discard(key)
         self.ops.append(["s", key, orjson.Fragment(b), writer or ""])
 
     def delete(self, key: str, writer: str | None = "") -> None:
         self._sets.pop(key, None)
-        self._dels.add(key)
+        dels = self._dels
+        if not isinstance(dels, set):
+            dels = self._dels = set()
+        dels.add(key)
         self.ops.append(["d", key, writer or ""])
 
     def changes(self) -> tuple[dict[str, Any], list[str]]:
@@ -128,7 +137,7 @@ class StateView:
     def discard(self) -> None:
         """Drop this agent's pending writes and deletes (nothing is shipped back for them)."""
         self._sets.clear()
-        self._dels.clear()
+        self._dels = _NO_DELS
         self.ops.clear()
 
     def is_local(self, key: str) -> bool:
@@ -144,7 +153,8 @@ class StateView:
         """
         if key in self._sets or key in self._dels:
             self._sets.pop(key, None)
-            self._dels.discard(key)
+            if isinstance(self._dels, set):
+                self._dels.discard(key)
             self.ops = [op for op in self.ops if op[1] != key]
 
 
