@@ -136,7 +136,8 @@ async def _ours(n: int, *, executor: str, workers: int | None, batch_size: int, 
     ex = _executor(executor, workers, batch_size, ray_address, concurrency)
     runner = _runner(lo, hi)
     rates = []
-    all_specs = [AgentSpec(f"a_{i}") for i in range(n)]  # built outside the timed region, as for the baselines
+    # Swarm specs are built outside the timed region, as for the baselines (a MapReduce names its own).
+    all_specs = [AgentSpec(f"a_{i}") for i in range(n)] if concurrency is None else []
     async with SharedInfra(executor=ex) as infra:
         for k in range(warmup + repeat):
             infra.state.replace_all({})
