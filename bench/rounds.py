@@ -19,6 +19,9 @@ from carmulti import AgentOutput, AgentSpec, Pipeline, SharedInfra, Supervisor, 
 
 from ._report import Report, Row, add_common_arguments, median, repeats
 
+#: Minimum ratio ours / bare awaits of every row (the per-agent overhead target of the sequential patterns).
+PER_AGENT_TARGET = 0.3
+
 #: Competitors of the tournament row (7 matches: 4 + 2 + 1).
 TOURNAMENT_SIZE = 8
 
@@ -88,5 +91,6 @@ def main(args: argparse.Namespace) -> int:
         ours = repeats("rounds", f"{label}, carmulti", args.repeat, lambda: carmulti.run(_ours(kind, args.n, args.width)))
         base = repeats("rounds", f"{label}, baseline", args.repeat,
                        lambda: carmulti.run(_baseline(kind, args.n, args.width)))
-        report.add(Row(label, median(ours), "runs/s", median(base), "bare awaits / gather", ours, base))
+        report.add(Row(label, median(ours), "runs/s", median(base), "bare awaits / gather", ours, base,
+                       target=PER_AGENT_TARGET))
     return report.finish(args.json, args.check)
