@@ -277,16 +277,9 @@ class Journal:
 
     def record(self, key: str, job: AgentJob, run: AgentRun) -> None:
         """Append the record of ``job`` if it succeeded."""
-        out = run.output
-        if out is None or run.error is not None:
-            return
-        name = job.spec.name
-        data: dict[str, Any] = {"key": key, "name": name, "task": job.task[:TASK_HEAD], "output": out.to_dict(),
-                                "writes": run.writes or [], "isolated": job.isolated}
-        tex = job.tool_executor
-        if type(tex) is RecordingTools and tex.calls:
-            data["calls"] = tex.calls
-        self.log.append(DONE_KIND, data, agent=name)
+        rec = self.entry(key, job, run)
+        if rec is not None:
+            self.log.append(rec["kind"], rec["data"], agent=rec["agent"])
 
     def record_many(self, entries: Iterable[dict[str, Any] | None]) -> None:
         """Append the records of finished runs in one write (``None`` entries skipped)."""

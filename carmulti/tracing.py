@@ -181,6 +181,19 @@ def _fail(span: Any, etype: str, message: str | None) -> None:
     span.set_status(_trace.Status(_trace.StatusCode.ERROR, message))
 
 
+async def _in_span(span: Any, aw: Awaitable[R]) -> R:
+    """Await ``aw`` with ``span`` current, then end it; a raise sets ``error.type`` and the error status."""
+    token = _context.attach(_trace.set_span_in_context(span))
+    try:
+        return await aw
+    except BaseException as exc:
+        _fail(span, error_type(exc), str(exc) or None)
+        raise
+    finally:
+        _context.detach(token)
+        span.end()
+
+
 # -- workflow ----------------------------------------------------------------------------------------------------
 
 def workflow(name: str) -> Callable[[Callable[P, Coroutine[Any, Any, R]]], Callable[P, Coroutine[Any, Any, R]]]:
@@ -200,15 +213,7 @@ def workflow(name: str) -> Callable[[Callable[P, Coroutine[Any, Any, R]]], Calla
             if tr is None:
                 return await fn(*args, **kwargs)
             span = tr.start_span(span_name, kind=_trace.SpanKind.INTERNAL, attributes=attributes)
-            token = _context.attach(_trace.set_span_in_context(span))
-            try:
-                return await fn(*args, **kwargs)
-            except BaseException as exc:
-                _fail(span, error_type(exc), str(exc) or None)
-                raise
-            finally:
-                _context.detach(token)
-                span.end()
+            return await _in_span(span, fn(*args, **kwargs))
 
         return traced
 
@@ -312,16 +317,7 @@ class ToolSpan:
 
     async def run(self, aw: Awaitable[R]) -> R:
         """Await the tool execution with the span current; a raise sets ``error.type``."""
-        span = self.span
-        token = _context.attach(_trace.set_span_in_context(span))
-        try:
-            return await aw
-        except BaseException as exc:
-            _fail(span, error_type(exc), str(exc) or None)
-            raise
-        finally:
-            _context.detach(token)
-            span.end()
+        return await _in_span(self.span, aw)
 
 
 def tool_span(tool: str, call_id: str) -> ToolSpan | None:
