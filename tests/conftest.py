@@ -177,3 +177,45 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         f = getattr(utils, name, None)
         if f is not None and not f.closed:
             f.close()
+
+
+@pytest.fixture
+def run_on_pty(tmp_path):
+    """Run a command with stderr on a pseudo-terminal, so rich shows its live display.
+
+    ``run_on_pty(argv, cwd=..., columns=150)`` returns ``(returncode, what the terminal showed
+    without ANSI escapes, stdout)``; stdout goes to a file under ``tmp_path``.
+    """
+    import pty
+    import re
+    import select
+    import subprocess
+
+    def run(argv: list[str], *, cwd: object, columns: int = 150) -> tuple[int, str, str]:
+        master, slave = pty.openpty()
+        env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "TTY_INTERACTIVE", "TTY_COMPATIBLE", "CI")}
+        env.update(TERM="xterm-256color", COLUMNS=str(columns))
+        with open(tmp_path / "pty-stdout", "wb") as out:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=slave, cwd=cwd, env=env)
+        os.close(slave)
+        chunks: list[bytes] = []
+        try:
+            while True:
+                ready, _, _ = select.select([master], [], [], 0.5)
+                if ready:
+                    try:
+                        data = os.read(master, 65536)
+                    except OSError:  # EIO: the child closed the terminal
+                        break
+                    if not data:
+                        break
+                    chunks.append(data)
+                elif proc.poll() is not None:
+                    break
+        finally:
+            os.close(master)
+            rc = proc.wait(timeout=120)
+        shown = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", b"".join(chunks).decode(errors="replace"))
+        return rc, shown, (tmp_path / "pty-stdout").read_text()
+
+    return run

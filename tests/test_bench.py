@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import pty
 import re
-import select
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -246,33 +244,9 @@ def test_no_progress_output_when_stderr_is_not_a_terminal() -> None:
     assert proc.stderr == ""
 
 
-def test_progress_on_a_terminal_names_the_scenario_and_the_repeat(tmp_path: Path) -> None:
-    master, slave = pty.openpty()
-    env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "TTY_INTERACTIVE", "TTY_COMPATIBLE", "CI")}
-    env.update(TERM="xterm-256color", COLUMNS="150")
-    with open(tmp_path / "stdout", "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "bench", "rounds", "--n", "10", "--repeat", "2", "--warmup", "0"],
-                                stdin=subprocess.DEVNULL, stdout=out, stderr=slave, cwd=ROOT, env=env)
-    os.close(slave)
-    chunks: list[bytes] = []
-    try:
-        while True:
-            ready, _, _ = select.select([master], [], [], 0.5)
-            if ready:
-                try:
-                    data = os.read(master, 65536)
-                except OSError:  # EIO: the child closed the terminal
-                    break
-                if not data:
-                    break
-                chunks.append(data)
-            elif proc.poll() is not None:
-                break
-    finally:
-        os.close(master)
-        rc = proc.wait(timeout=120)
-    assert rc == 0, (tmp_path / "stdout").read_text()
-    shown = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", b"".join(chunks).decode(errors="replace"))
+def test_progress_on_a_terminal_names_the_scenario_and_the_repeat(run_on_pty: Any) -> None:
+    rc, shown, table = run_on_pty([sys.executable, "-m", "bench", "rounds", "--n", "10", "--repeat", "2", "--warmup", "0"],
+                                  cwd=ROOT)
+    assert rc == 0, table
     assert "bench rounds: Pipeline of 4" in shown and "repeat 1/2" in shown, shown
-    table = (tmp_path / "stdout").read_text()
     assert "Supervisor 4 workers x 3 rounds" in table and "bench rounds:" not in table  # the display is on stderr only

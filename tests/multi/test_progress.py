@@ -6,10 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-import os
-import pty
 import re
-import select
 import subprocess
 import sys
 import textwrap
@@ -239,40 +236,11 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def _run_on_pty(script: Path, executor: str, tmp_path: Path) -> tuple[int, str, str]:
-    master, slave = pty.openpty()
-    env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "TTY_INTERACTIVE", "TTY_COMPATIBLE", "CI")}
-    env.update(TERM="xterm-256color", COLUMNS="200")
-    with open(tmp_path / "stdout", "wb") as out:
-        proc = subprocess.Popen([sys.executable, str(script), executor], stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=slave, cwd=ROOT, env=env)
-    os.close(slave)
-    chunks: list[bytes] = []
-    try:
-        while True:
-            ready, _, _ = select.select([master], [], [], 0.5)
-            if ready:
-                try:
-                    data = os.read(master, 65536)
-                except OSError:  # EIO: the child closed the terminal
-                    break
-                if not data:
-                    break
-                chunks.append(data)
-            elif proc.poll() is not None:
-                break
-    finally:
-        os.close(master)
-        rc = proc.wait(timeout=120)
-    shown = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", b"".join(chunks).decode(errors="replace"))
-    return rc, shown, (tmp_path / "stdout").read_text()
-
-
 @pytest.mark.parametrize("executor", ["local", "process"])
-def test_on_a_terminal_the_display_shows_the_counts(tmp_path: Path, executor: str) -> None:
+def test_on_a_terminal_the_display_shows_the_counts(tmp_path: Path, executor: str, run_on_pty: Any) -> None:
     script = tmp_path / "fleet_progress.py"
     script.write_text(SCRIPT)
-    rc, shown, out = _run_on_pty(script, executor, tmp_path)
+    rc, shown, out = run_on_pty([sys.executable, str(script), executor], cwd=ROOT, columns=200)
     assert rc == 0, out + shown
     assert "Fleet" in shown and "7/7 agents" in shown, shown
     assert "done 5 · failed 1 · skipped 1 · 6,170 tokens · $0.0625" in shown, shown
