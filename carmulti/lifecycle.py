@@ -53,7 +53,7 @@ def workspace_failed_output(name: str, err: BaseException | str, infra: "SharedI
 
 def shared_mailbox() -> Mailbox:
     """A mailbox for a group of agents that talk to each other (a swarm's agents share one, as in Rust)."""
-    return Mailbox()
+    return Mailbox._fresh()
 
 
 def admit(infra: "SharedInfra") -> None:

@@ -29,7 +29,7 @@ import asyncio
 import contextlib
 import sys
 import time
-from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Iterator, Sequence, TextIO, TypeVar
+from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, ContextManager, Iterator, Sequence, TextIO, TypeVar
 
 from .executors.base import GC_RELAX_AT, AgentJob, AgentRun, gc_relax, gc_restore
 from .types import AgentOutput
@@ -197,8 +197,11 @@ async def run_batch(counts: ProgressCounts, run: Callable[[Sequence[AgentJob]], 
 
 
 # -- the display --------------------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def display(enabled: bool, infra: Any, label: str, planned: int | None) -> Iterator[ProgressCounts | None]:
+#: What :func:`display` returns when it is not enabled: nothing to set up on every pattern run.
+_NO_DISPLAY: "contextlib.nullcontext[None]" = contextlib.nullcontext()
+
+
+def display(enabled: bool, infra: Any, label: str, planned: int | None) -> ContextManager[ProgressCounts | None]:
     """Show the progress of ``infra``'s agents while the block runs (the patterns' ``progress=True``).
 
     Args:
@@ -207,12 +210,19 @@ def display(enabled: bool, infra: Any, label: str, planned: int | None) -> Itera
         label: The pattern's name, shown first.
         planned: Agents the pattern expects to run (``None``: unknown, no ETA).
 
-    Yields:
-        The counts being shown, or ``None`` when nothing is shown (disabled, stderr is
-        not an interactive terminal, or a display already runs for ``infra``: its
-        counts then include these agents).
+    Returns:
+        A context manager whose value is the counts being shown, or ``None`` when
+        nothing is shown (disabled, stderr is not an interactive terminal, or a display
+        already runs for ``infra``: its counts then include these agents).
     """
-    stream = _stderr() if enabled and infra not in TRACKED else None
+    if not enabled:
+        return _NO_DISPLAY
+    return _display(infra, label, planned)
+
+
+@contextlib.contextmanager
+def _display(infra: Any, label: str, planned: int | None) -> Iterator[ProgressCounts | None]:
+    stream = _stderr() if infra not in TRACKED else None
     if stream is None:
         yield None
         return

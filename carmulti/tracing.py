@@ -208,12 +208,14 @@ def workflow(name: str) -> Callable[[Callable[P, Coroutine[Any, Any, R]]], Calla
         attributes = {"gen_ai.operation.name": "invoke_workflow", "gen_ai.workflow.name": name}
 
         @functools.wraps(fn)
-        async def traced(*args: P.args, **kwargs: P.kwargs) -> R:
+        def traced(*args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R]:
+            # A plain function returning the run's coroutine: with nothing recording, a pattern run
+            # (a Supervisor's every round) costs no extra coroutine layer.
+            coro = fn(*args, **kwargs)
             tr = tracer()
             if tr is None:
-                return await fn(*args, **kwargs)
-            span = tr.start_span(span_name, kind=_trace.SpanKind.INTERNAL, attributes=attributes)
-            return await _in_span(span, fn(*args, **kwargs))
+                return coro
+            return _in_span(tr.start_span(span_name, kind=_trace.SpanKind.INTERNAL, attributes=attributes), coro)
 
         return traced
 
