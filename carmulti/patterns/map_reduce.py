@@ -4,7 +4,9 @@ Mapper ``i`` is a clone of the mapper spec named ``{mapper.name}_{i}`` with the
 task ``"{task}\\n\\nItem:\\n{item}"``; at most ``max_concurrent`` mappers run at
 once (a fixed set of ``max_concurrent`` feeder coroutines pulls the items
 lazily, so live agents are O(max_concurrent), not O(items)); each mapper is
-budget-gated right before it starts. The reducer gets
+budget-gated right before it starts. When ``max_concurrent >= len(items)``,
+:meth:`MapReduce.run` dispatches the mappers in slices of :data:`MAP_SLICE`
+instead, with no feeder per item. The reducer gets
 ``"{task}\\n\\nMapper outputs:\\n"`` followed by ``- {name}: {answer}`` lines of
 the succeeded mappers, in item order.
 
@@ -113,7 +115,8 @@ class MapReduce:
 
     def with_isolation(self) -> "MapReduce":
         """Return a copy whose mappers write to per-agent overlays, each merged when it succeeds
-        (as it finishes; when every mapper runs at once, ``max_concurrent >= len(items)``, when the batch is done)."""
+        (as it finishes; when every mapper runs at once, ``max_concurrent >= len(items)``, when its slice of
+        :data:`MAP_SLICE` mappers is done)."""
         m = copy.copy(self)
         m.isolated = True
         return m
@@ -285,7 +288,7 @@ class MapReduce:
         if n == 0:
             return MapReduceResult(task, [], "")
         outputs: list[AgentOutput | None] = [None] * n
-        if self.max_concurrent >= n:  # every mapper at once: one batch, no feeder task per item
+        if self.max_concurrent >= n:  # every mapper at once: slices of MAP_SLICE, no feeder task per item
             await self._map_all(task, items, runner, infra, outputs)
         else:
             async for i, out in self.stream(task, items, runner, infra):
