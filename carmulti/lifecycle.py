@@ -182,6 +182,33 @@ async def run_many(infra: "SharedInfra", runner: "AgentRunner", jobs: Sequence[A
     return runs  # type: ignore[return-value]  # every slot is filled
 
 
+async def run_round(infra: "SharedInfra", runner: "AgentRunner", jobs: Sequence[AgentJob], *,
+                    timeout_s: float | None = None) -> list[AgentOutput]:
+    """One parallel round: gate every job in order, run the admitted ones at once, conclude in job order.
+
+    A job the budget refuses gets its budget-skipped output (:func:`reserve`) and does not run; the
+    others run as one :func:`run_many` and are concluded (:func:`conclude`, published on success).
+
+    Args:
+        timeout_s: As for :func:`run_one`, for every job.
+
+    Returns:
+        One output per job, in job order.
+    """
+    slots: list[AgentOutput | int] = []
+    admitted: list[AgentJob] = []
+    for job in jobs:
+        skipped = reserve(infra, job.spec.name)
+        if skipped is not None:
+            slots.append(skipped)
+        else:
+            slots.append(len(admitted))
+            admitted.append(job)
+    runs = await run_many(infra, runner, admitted, timeout_s=timeout_s)
+    return [slot if isinstance(slot, AgentOutput) else conclude(infra, runs[slot], job.spec.name)
+            for job, slot in zip(jobs, slots)]
+
+
 async def _dispatch(infra: "SharedInfra", runner: "AgentRunner", jobs: Sequence[AgentJob],
                     coordination: Coordination) -> list[AgentRun]:
     """``run_batch`` on the executor; in slices while a progress display counts this coordination."""

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from .. import tracing
 from .._validate import seconds
 from ..executors.base import AgentJob
-from ..lifecycle import conclude, reserve, run_many, shared_mailbox
+from ..lifecycle import run_round, shared_mailbox
 from ..progress import display as progress_display
 from ..runner import check_runner
 from ..types import AgentOutput, AgentSpec
@@ -111,17 +111,7 @@ class Fleet:
     async def _run(self, runner: "AgentRunner", infra: "SharedInfra") -> FleetResult:
         t0 = time.perf_counter()
         mailbox = shared_mailbox()
-        slots: list[AgentOutput | int] = []
-        jobs: list[AgentJob] = []
-        for spec in self.agents:
-            skipped = reserve(infra, spec.name)
-            if skipped is not None:
-                slots.append(skipped)
-                continue
-            slots.append(len(jobs))
-            jobs.append(AgentJob(spec, spec.system_prompt, mailbox=mailbox))
-        runs = await run_many(infra, runner, jobs, timeout_s=self.agent_timeout_s)
-        outputs = [slot if isinstance(slot, AgentOutput) else conclude(infra, runs[slot], spec.name)
-                   for spec, slot in zip(self.agents, slots)]
+        outputs = await run_round(infra, runner, [AgentJob(spec, spec.system_prompt, mailbox=mailbox)
+                                                  for spec in self.agents], timeout_s=self.agent_timeout_s)
         ok = sum(1 for o in outputs if o.succeeded)
         return FleetResult(outputs, (time.perf_counter() - t0) * 1000.0, ok, len(outputs) - ok)

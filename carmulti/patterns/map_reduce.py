@@ -32,7 +32,7 @@ from .. import _strings as S
 from .. import tracing
 from .._validate import int_at_least
 from ..executors.base import AgentJob
-from ..lifecycle import conclude, reserve, run_load_bearing, run_many, run_one
+from ..lifecycle import conclude, reserve, run_load_bearing, run_one, run_round
 from ..progress import display as progress_display
 from ..progress import follow as follow_progress
 from ..runner import check_runner
@@ -323,28 +323,16 @@ class MapReduce:
         mapper, isolated = self.mapper, self.isolated
         pending: list[asyncio.Future[None]] = []
 
-        async def settle(slots: list[int], names: list[str], jobs: list[AgentJob]) -> None:
-            for i, name, run in zip(slots, names, await run_many(infra, runner, jobs)):
-                outputs[i] = conclude(infra, run, name)
+        async def settle(start: int, jobs: list[AgentJob]) -> None:
+            outputs[start:start + len(jobs)] = await run_round(infra, runner, jobs)
 
         try:
             for start in range(0, len(items), MAP_SLICE):
-                names: list[str] = []
-                jobs: list[AgentJob] = []
-                slots: list[int] = []
-                for i in range(start, min(start + MAP_SLICE, len(items))):
-                    name = S.MAPPER_NAME.format(name=mapper.name, i=i)
-                    skipped = reserve(infra, name)
-                    if skipped is not None:
-                        outputs[i] = skipped
-                        continue
-                    names.append(name)
-                    slots.append(i)
-                    jobs.append(AgentJob(mapper.with_name(name), S.MAPPER_TASK.format(task=task, item=items[i]),
-                                         isolated=isolated))
-                if jobs:
-                    pending.append(asyncio.ensure_future(settle(slots, names, jobs)))
-                    await asyncio.sleep(0)  # this slice starts before the next one is built
+                jobs = [AgentJob(mapper.with_name(S.MAPPER_NAME.format(name=mapper.name, i=i)),
+                                 S.MAPPER_TASK.format(task=task, item=items[i]), isolated=isolated)
+                        for i in range(start, min(start + MAP_SLICE, len(items)))]
+                pending.append(asyncio.ensure_future(settle(start, jobs)))
+                await asyncio.sleep(0)  # this slice is gated and starts before the next one is built
             await asyncio.gather(*pending)
         except BaseException:
             for fut in pending:

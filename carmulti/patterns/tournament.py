@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from .. import _strings as S
 from .. import tracing
 from ..executors.base import AgentJob
-from ..lifecycle import conclude, reserve, run_many, run_one, shared_mailbox
+from ..lifecycle import conclude, reserve, run_one, run_round, shared_mailbox
 from ..runner import check_runner
 from ..types import AgentOutput, AgentSpec
 from ._replies import json_object
@@ -152,18 +152,7 @@ class Tournament:
 
     async def _gather(self, task: str, runner: "AgentRunner", infra: "SharedInfra") -> list[AgentOutput]:
         mailbox = shared_mailbox()
-        slots: list[AgentOutput | int] = []
-        jobs: list[AgentJob] = []
-        for spec in self.competitors:
-            skipped = reserve(infra, spec.name)
-            if skipped is not None:
-                slots.append(skipped)
-                continue
-            slots.append(len(jobs))
-            jobs.append(AgentJob(spec, task, mailbox=mailbox))
-        runs = await run_many(infra, runner, jobs)
-        return [slot if isinstance(slot, AgentOutput) else conclude(infra, runs[slot], spec.name)
-                for spec, slot in zip(self.competitors, slots)]
+        return await run_round(infra, runner, [AgentJob(spec, task, mailbox=mailbox) for spec in self.competitors])
 
     async def _judge(self, task: str, a: tuple[str, str], b: tuple[str, str], runner: "AgentRunner",
                      infra: "SharedInfra") -> tuple[str, str]:
