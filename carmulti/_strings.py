@@ -142,3 +142,4 @@ SUBAGENT_FAILED = "sub-agent '{name}' failed: {err}"
 TIMEOUT = "timeout after {timeout}s"
 RUNNER_CANCELLED = JOIN_ERROR.format(details="CancelledError raised by the runner")
 INVALID_OUTPUT = "invalid output from runner: {problem}"
+WRONG_RETURN_TYPE = "runner returned {type} for agent '{name}'; AgentRunner.run must return an AgentOutput or a str"

@@ -275,7 +275,7 @@ class AgentTrace:
             return "timeout"
         if self.raised is not None:
             return self.raised
-        if err.startswith(S.INVALID_OUTPUT.partition("{")[0]) or err.startswith("runner returned "):
+        if err.startswith(S.INVALID_OUTPUT.partition("{")[0]) or err.startswith(S.WRONG_RETURN_TYPE.partition("{")[0]):
             return "invalid_output"
         return "_OTHER"
 

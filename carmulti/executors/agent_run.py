@@ -392,8 +392,7 @@ def check_output(result: Any, spec: AgentSpec, duration_ms: float, runtime: Any 
         return result, result.error
     if isinstance(result, str):  # a str subclass: keep the plain text
         return check_output(str(result), spec, duration_ms, runtime)
-    return None, (f"runner returned {type(result).__name__} for agent '{spec.name}'; "
-                  "AgentRunner.run must return an AgentOutput or a str")
+    return None, S.WRONG_RETURN_TYPE.format(type=type(result).__name__, name=spec.name)
 
 
 class _Stepped:

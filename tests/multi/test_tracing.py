@@ -182,12 +182,17 @@ class LocalTools:
 class TraceRunner:
     """``metadata``: ``calls`` ``[[tool, params], ...]`` (each a one-action proposal; tools other than
     ``delegate`` run on :class:`LocalTools`), ``raise`` (a ``ValueError``), ``report`` (an output with that
-    ``error``), ``sleep`` (seconds). Reports 10 input / 20 output tokens and $0.25."""
+    ``error``), ``sleep`` (seconds), ``return`` (returned as is: neither an output nor a str), ``bad_turns``
+    (an output with that ``turns``). Reports 10 input / 20 output tokens and $0.25."""
 
-    async def run(self, spec: AgentSpec, task: str, runtime: Any, mailbox: Any) -> AgentOutput:
+    async def run(self, spec: AgentSpec, task: str, runtime: Any, mailbox: Any) -> Any:
         md = spec.metadata
         if "raise" in md:
             raise ValueError(md["raise"])
+        if "return" in md:
+            return md["return"]
+        if "bad_turns" in md:
+            return AgentOutput(spec.name, "x", turns=md["bad_turns"])
         if "sleep" in md:
             await asyncio.sleep(md["sleep"])
         if runtime.executor is None:
@@ -223,7 +228,8 @@ async def test_attributes_tool_spans_and_errors_follow_the_conventions(traced: T
     tooler = AgentSpec("tooler", tools=["lookup", "fail"], metadata={
         "model": "m-1", "provider": "openai", "calls": [["lookup", {"q": 1}], ["fail", {}]]})
     agents = [tooler, AgentSpec("raiser", metadata={"raise": "boom"}),
-              AgentSpec("reporter", metadata={"report": "bad day"})]
+              AgentSpec("reporter", metadata={"report": "bad day"}), AgentSpec("wrong", metadata={"return": 42}),
+              AgentSpec("invalid", metadata={"bad_turns": -1})]
     await Swarm(agents).run("t", TraceRunner(), infra)
     await Fleet([AgentSpec("sleeper", system_prompt="wait", metadata={"sleep": 30})],
                 agent_timeout_s=0.5).run(TraceRunner(), infra)
@@ -251,6 +257,9 @@ async def test_attributes_tool_spans_and_errors_follow_the_conventions(traced: T
     assert "gen_ai.usage.input_tokens" not in r.attrs
     rep = _one(spans, "invoke_agent reporter")
     assert (rep.status, rep.attrs["error.type"], rep.attrs["gen_ai.usage.output_tokens"]) == ("ERROR", "agent_error", 20)
+    for name in ("wrong", "invalid"):  # the runner returned an int; an output with turns=-1
+        s = _one(spans, f"invoke_agent {name}")
+        assert (s.status, s.attrs["error.type"], s.parent_id) == ("ERROR", "invalid_output", wf.span_id)
 
     fleet = _one(spans, "invoke_workflow fleet")
     sl = _one(spans, "invoke_agent sleeper")

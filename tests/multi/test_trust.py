@@ -177,6 +177,17 @@ async def test_a_wrongly_typed_output_fails_only_that_agent(make_infra, case, ou
     assert infra.budget.snapshot().total_tokens == 4
 
 
+@pytest.mark.parametrize("ret,type_name", [(42, "int"), (None, "NoneType"), ({"answer": "x"}, "dict")])
+async def test_a_runner_returning_neither_an_output_nor_a_str_fails_only_that_agent(make_infra, ret, type_name):
+    infra = make_infra()
+    agents = [AgentSpec("s1"), AgentSpec("bad", metadata={"ret": _b64(ret)}), AgentSpec("s2")]
+    res = await asyncio.wait_for(Swarm(agents).run("t", PickledOutputRunner(), infra), HANG_BOUND_S)
+    assert res.outputs[1].error == (f"runner returned {type_name} for agent 'bad'; "
+                                    "AgentRunner.run must return an AgentOutput or a str")
+    assert res.outputs[0].succeeded and res.outputs[2].succeeded
+    assert not infra.state.exists("agent.bad.answer")
+
+
 async def test_token_totals_saturate_instead_of_raising(make_infra):
     """F2: totals past 64 bits raised OverflowError out of Swarm.run."""
     infra = make_infra()
