@@ -232,14 +232,8 @@ class AgentSpec:
         return new
 
     def _variant(self, name: str, system_prompt: str) -> "AgentSpec":
-        """A copy with another name and system prompt (a debate's critique of this agent).
-
-        Raises:
-            ValueError: ``name`` is not a non-empty str.
-            TypeError: ``system_prompt`` is not a str.
-        """
-        if not isinstance(system_prompt, str):
-            raise TypeError(f"AgentSpec({name!r}).system_prompt must be a str, got {type(system_prompt).__name__}")
+        """A copy with another name and system prompt (a debate's critique of this agent; the engine
+        builds both strs, so only the name is checked, by :meth:`with_name`)."""
         new = self.with_name(name)
         new.__dict__["system_prompt"] = system_prompt
         return new
