@@ -31,7 +31,8 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, ContextManager, Iterator, Sequence, TextIO, TypeVar
 
-from .executors.base import GC_RELAX_AT, AgentJob, AgentRun, gc_relax, gc_restore
+from .executors.base import AgentJob, AgentRun
+from .executors.gcpace import GC_RELAX_AT, gc_relax, gc_restore
 from .types import AgentOutput
 
 if TYPE_CHECKING:

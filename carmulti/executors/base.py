@@ -35,7 +35,6 @@ Contract for every executor:
 
 from __future__ import annotations
 
-import gc
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping, Protocol, Sequence, runtime_checkable
 
@@ -49,43 +48,11 @@ if TYPE_CHECKING:
     from ..runner import AgentRunner
     from ..runtime import ToolExecutor
 
-__all__ = ["IDEMPOTENT_METADATA_KEY", "AgentJob", "AgentRun", "Coordination", "Executor", "GC_RELAX_AT", "gc_relax",
-           "gc_restore"]
+__all__ = ["IDEMPOTENT_METADATA_KEY", "AgentJob", "AgentRun", "Coordination", "Executor"]
 
 #: ``AgentSpec.metadata`` key: ``True`` declares the agent safe to run twice, so an
 #: executor may re-run it after losing it to a crashed worker (``ProcessExecutor``).
 IDEMPOTENT_METADATA_KEY = "idempotent"
-
-#: Batches at least this large raise the GC thresholds while they run (see ``gc_relax``).
-GC_RELAX_AT = 1000
-_gc_depth = 0
-_gc_saved: tuple[int, int, int] = (700, 10, 10)
-
-
-def gc_relax() -> None:
-    """Raise the cyclic GC's thresholds while a big batch runs; pair with :func:`gc_restore`.
-
-    A 100k-agent fan-out allocates millions of short-lived acyclic objects
-    (frames, dicts, outputs); with the default threshold (700) the collector
-    runs thousands of times and rescans every live object in the oldest
-    generation: measured 2-3x of a zero-latency fan-out's time on the local
-    executor, 10-15% of the process coordinator's. Nested batches share one
-    saved setting; the last one restores it.
-    """
-    global _gc_depth, _gc_saved
-    if _gc_depth == 0:
-        t0, t1, t2 = gc.get_threshold()
-        _gc_saved = (t0, t1, t2)
-        gc.set_threshold(max(t0, 100_000), max(t1, 50), max(t2, 100))
-    _gc_depth += 1
-
-
-def gc_restore() -> None:
-    """Undo one :func:`gc_relax`."""
-    global _gc_depth
-    _gc_depth -= 1
-    if _gc_depth == 0:
-        gc.set_threshold(*_gc_saved)
 
 
 @dataclass(slots=True)

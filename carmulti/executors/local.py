@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any, Coroutine, Sequence
 from .. import _validate as V
 from ..mailbox import Mailbox
 from .agent_run import AgentEnvironment, run_agent
-from .base import GC_RELAX_AT, AgentJob, AgentRun, Coordination, gc_relax, gc_restore
+from .base import AgentJob, AgentRun, Coordination
+from .gcpace import GC_RELAX_AT, gc_relax, gc_restore
 
 if TYPE_CHECKING:
     from ..runner import AgentRunner

@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from ... import _validate as V
 from ...errors import WireProtocolError
-from ..base import GC_RELAX_AT, AgentJob, AgentRun, Coordination, gc_relax, gc_restore
+from ..base import AgentJob, AgentRun, Coordination
+from ..gcpace import GC_RELAX_AT, gc_relax, gc_restore
 from . import wire
 from .records import Batch, PendingJob, ProcessConfig, RunState, WorkerHandle
 from .scheduling import Scheduler
@@ -94,7 +95,11 @@ class ProcessExecutor:
             mailbox reply before failing that call with ``TimeoutError``.
         max_frame_bytes: Largest frame body accepted, in bytes.
         gc_freeze: Freeze start-up objects in workers (``gc.freeze``) so the
-            cyclic GC does not rescan them on every collection.
+            cyclic GC does not rescan them on every collection. Either way a
+            worker paces its collector (:mod:`carmulti.executors.gcpace`): full
+            collections on a timer, at most 5% of its time, instead of the
+            automatic ones that rescan every agent in flight (unless the
+            ``initializer`` disabled the collector).
         heartbeat_timeout_s: A worker process that sends no heartbeat for this
             long, in seconds (stopped with SIGSTOP, wedged in C code holding the
             GIL), is SIGKILLed and replaced; its agents fail with an error naming

@@ -39,6 +39,7 @@ from ...mailbox import Mailbox
 from ...types import AgentSpec
 from ..agent_run import AgentEnvironment, exception_text, run_agent
 from ..base import AgentJob, AgentRun
+from ..gcpace import GcPacer
 from . import wire
 from .payloads import decode_error, decode_value, encode_value, is_message, output_to_wire, split_batch
 from .proxies import EventSink, RemoteBudget, RemoteInbox, RemoteMailbox, RemoteRouter, RemoteTools, StateView
@@ -225,7 +226,9 @@ class WorkerProcess:
         if self.cfg.get("gc_freeze", True):
             gc.collect()
             gc.freeze()  # start-up objects (modules, classes) are never scanned again
-        gc.set_threshold(*self.cfg.get("gc_threshold", (50_000, 20, 100)))
+        pacer = GcPacer()  # paced full collections instead of automatic ones (executors.gcpace),
+        if gc.isenabled():  # unless the initializer disabled the collector
+            pacer.start(loop)
         loop.call_soon(self._on_readable)
         try:
             await self.stopped
@@ -241,6 +244,7 @@ class WorkerProcess:
             _tracing.flush()  # spans a provider still buffers (carmulti.tracing)
             for wc in self.coordinations.values():
                 wc.release()
+            pacer.stop()
             beat_stop.set()
             beat.join(5.0)
             sock.close(linger=0)
