@@ -15,7 +15,8 @@ Exception rules (both executors): a runner's ``Exception`` is the agent's error
 (``SystemExit``, ``GeneratorExit``) is ``join error: {type}: {msg}``; a
 ``CancelledError`` the runner raised itself is
 ``join error: CancelledError raised by the runner``; the caller's cancellation
-and ``KeyboardInterrupt`` propagate.
+propagates, and so does ``KeyboardInterrupt`` in the coordinator's process (in a
+worker, ``env.remote``, it can only come from the runner: a ``join error`` too).
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ def run_agent(runner: "AgentRunner", job: AgentJob, env: AgentEnvironment, *, ma
 
     Raises:
         asyncio.CancelledError: the caller cancelled (the runner is cancelled too).
-        KeyboardInterrupt: raised in the runner.
+        KeyboardInterrupt: raised in the runner, unless ``env.remote`` (then a failed run).
     """
     if _tracing.ENABLED:  # an ``invoke_agent`` span around the run (carmulti.tracing), when something records it
         trace = _tracing.agent_trace(job.spec, env.remote, env.trace_context, env.timeout_s)
@@ -165,11 +166,11 @@ async def _run_agent(runner: "AgentRunner", job: AgentJob, env: AgentEnvironment
     except _Timeout:
         _warn_if_blocking(stepped, timeout, spec.name)
         return AgentRun(None, S.TIMEOUT.format(timeout=timeout), (time.perf_counter() - t0) * 1000.0, ctx)
-    except KeyboardInterrupt:
-        raise  # the user's Ctrl-C
     except Exception as exc:  # noqa: BLE001 - agent failures are values
         return AgentRun(None, exception_text(exc), (time.perf_counter() - t0) * 1000.0, ctx)
     except BaseException as exc:  # noqa: BLE001 - SystemExit, GeneratorExit inside a runner: a crashed agent
+        if isinstance(exc, KeyboardInterrupt) and not env.remote:
+            raise  # the user's Ctrl-C; in a worker process it can only come from the runner: that agent fails
         return AgentRun(None, S.JOIN_ERROR.format(details=f"{type(exc).__name__}: {exc}"),
                         (time.perf_counter() - t0) * 1000.0, ctx)
     dur = (time.perf_counter() - t0) * 1000.0

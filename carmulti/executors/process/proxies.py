@@ -16,7 +16,8 @@ from __future__ import annotations
 import collections
 import math
 import time
-from typing import Any, Protocol
+from types import MappingProxyType
+from typing import Any, Mapping, Protocol
 
 import orjson
 
@@ -59,6 +60,8 @@ class WorkerLink(Protocol):
 # -- the agent's state view ------------------------------------------------------------------------------------
 
 _NO_DELS: frozenset[str] = frozenset()
+_NO_SETS: Mapping[str, bytes] = MappingProxyType({})
+_NO_OPS: tuple[()] = ()
 
 
 class StateView:
@@ -69,10 +72,12 @@ class StateView:
     def __init__(self, w: "WorkerLink", infra_id: int) -> None:
         self._w = w
         self._i = infra_id
-        self._sets: dict[str, bytes] = {}
-        # A real set from the first delete on: most agents never delete (an empty set is 216 bytes).
+        # A real dict / set / list from the first write or delete on: most agents of a big fan-out never
+        # write in a worker (an empty dict is 64 bytes, a set 216, a list 56; a million agents in flight).
+        self._sets: Mapping[str, bytes] = _NO_SETS
         self._dels: set[str] | frozenset[str] = _NO_DELS
-        self.ops: list[list[Any]] = []
+        #: The writes and deletes in order, shipped back with the result (empty: none).
+        self.ops: list[list[Any]] | tuple[()] = _NO_OPS
 
     def get(self, key: str, default: Any = None) -> Any:
         b = self._sets.get(key)
@@ -116,19 +121,30 @@ class StateView:
                 from ``carcore.check_json_value``.
         """
         b = check_json_value(value, key)  # the store's own compiled check: same rules, same messages
-        self._sets[key] = b
+        sets = self._sets
+        if not isinstance(sets, dict):
+            sets = self._sets = {}
+        sets[key] = b
         dels = self._dels
         if dels and isinstance(dels, set):
             dels.discard(key)
-        self.ops.append(["s", key, orjson.Fragment(b), writer or ""])
+        self._ops().append(["s", key, orjson.Fragment(b), writer or ""])
+
+    def _ops(self) -> list[list[Any]]:
+        ops = self.ops
+        if not isinstance(ops, list):
+            ops = self.ops = []
+        return ops
 
     def delete(self, key: str, writer: str | None = "") -> None:
-        self._sets.pop(key, None)
+        sets = self._sets
+        if isinstance(sets, dict):
+            sets.pop(key, None)
         dels = self._dels
         if not isinstance(dels, set):
             dels = self._dels = set()
         dels.add(key)
-        self.ops.append(["d", key, writer or ""])
+        self._ops().append(["d", key, writer or ""])
 
     def changes(self) -> tuple[dict[str, Any], list[str]]:
         """This agent's pending ``(sets, deletes)`` (copies), like ``carcore.Overlay.changes``."""
@@ -136,9 +152,9 @@ class StateView:
 
     def discard(self) -> None:
         """Drop this agent's pending writes and deletes (nothing is shipped back for them)."""
-        self._sets.clear()
+        self._sets = _NO_SETS
         self._dels = _NO_DELS
-        self.ops.clear()
+        self.ops = _NO_OPS
 
     def is_local(self, key: str) -> bool:
         """Whether this agent has an unsent write or delete of ``key``."""
@@ -152,7 +168,8 @@ class StateView:
         had no local change before its write).
         """
         if key in self._sets or key in self._dels:
-            self._sets.pop(key, None)
+            if isinstance(self._sets, dict):
+                self._sets.pop(key, None)
             if isinstance(self._dels, set):
                 self._dels.discard(key)
             self.ops = [op for op in self.ops if op[1] != key]

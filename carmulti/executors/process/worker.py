@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import gc
 import logging
 import os
@@ -123,12 +124,13 @@ READ_BURST = 16
 
 
 class WorkerJob:
-    """One agent running in this worker."""
+    """One agent running in this worker; called with its task when the task is done (its done callback)."""
 
-    __slots__ = ("id", "spec", "view", "task", "finished", "stuck", "coordination", "coordination_id", "t0")
+    __slots__ = ("worker", "id", "spec", "view", "task", "finished", "stuck", "coordination", "coordination_id", "t0")
 
-    def __init__(self, jid: int, spec: AgentSpec, view: StateView, coordination: WorkerCoordination,
-                 coordination_id: int) -> None:
+    def __init__(self, worker: "WorkerProcess", jid: int, spec: AgentSpec, view: StateView,
+                 coordination: WorkerCoordination, coordination_id: int) -> None:
+        self.worker = worker
         self.id = jid
         self.spec = spec
         self.view = view
@@ -147,6 +149,27 @@ class WorkerJob:
     def abandoned(self, task: "asyncio.Task[Any]", name: str) -> None:
         """It ignored its timeout's cancellation: ask to be killed after the result."""
         self.stuck = True
+
+    def __call__(self, task: "asyncio.Task[AgentRun]") -> None:
+        """The agent's task is done: report its run (none when cancelled: the coordinator cancelled it, or the
+        worker is stopping). The task runs ``run_agent`` itself, no wrapper coroutine (a worker may hold 500k
+        agents): ``run_agent`` returns every agent failure as a run, so an exception here is a crash of the
+        run itself, reported as the agent's error."""
+        w = self.worker
+        if task.cancelled():
+            w._end(self)
+            return
+        exc = task.exception()
+        if exc is None:
+            run = task.result()
+        else:
+            run = AgentRun(None, S.JOIN_ERROR.format(details=f"{type(exc).__name__}: {exc}"),
+                           (time.perf_counter() - self.t0) * 1000.0)
+        w._end(self)
+        w._result(self.id, run, self.view.ops or None)
+        if self.stuck:  # the runner ignored its timeout's cancellation: report, then ask to be killed
+            w._flush()
+            w._send(wire.encode({"t": "stuck", "job": self.id}))
 
 
 class WorkerProcess:
@@ -174,6 +197,8 @@ class WorkerProcess:
         self.rejected = 0
         self.next_rid = 1
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
+        #: The context the jobs' done callbacks run in (one for all: no context copy per agent).
+        self.callback_context = contextvars.copy_context()
 
     # -- lifecycle --------------------------------------------------------------------------------------------------
     async def main(self) -> None:
@@ -374,7 +399,7 @@ class WorkerProcess:
             self._result(jid, AgentRun(None, err, 0.0), None)
             return
         view = StateView(self, j["infra"])
-        job = WorkerJob(jid, spec, view, wc, j["infra"])
+        job = WorkerJob(self, jid, spec, view, wc, j["infra"])
         wc.jobs += 1
         self.jobs[jid] = job
         mb = j.get("mailbox")
@@ -387,29 +412,18 @@ class WorkerProcess:
 
             mailbox = PooledMailbox(mb["agent_id"], RemoteInbox(self, jid, mb["inbox"], str(mb["agent_id"]),
                                                                 mb["capacity"]), RemoteRouter(self, jid, mb["router"]))
-        agent = AgentJob(spec, j["task"], isolated=j.get("isolated", False), tools=j.get("tools"),
+        isolated = j.get("isolated", False)
+        timeout_s = j.get("timeout_s")
+        agent = AgentJob(spec, j["task"], isolated=isolated, tools=j.get("tools"),
                          register_spec_tools=j.get("spec_tools", True),
                          validate_job_tools=j.get("validate_tools", True))
-        env = AgentEnvironment(view, wc.sink, wc.policies, wc.budget, j.get("timeout_s"), self.grace,
-                               job.isolate, job.abandoned, remote=True, trace_context=j.get("trace"))
+        # bound methods only where they can be called (64 bytes each, per agent in flight)
+        env = AgentEnvironment(view, wc.sink, wc.policies, wc.budget, timeout_s, self.grace,
+                               job.isolate if isolated else None, None if timeout_s is None else job.abandoned,
+                               remote=True, trace_context=j.get("trace"))
         tools = RemoteTools(self, jid) if j.get("tool_executor") else None
-        job.task = self.loop.create_task(self._run(job, runner, agent, env, mailbox, tools))
-
-    async def _run(self, job: WorkerJob, runner: Any, agent: AgentJob, env: AgentEnvironment, mailbox: Any,
-                   tools: Any) -> None:
-        try:
-            run = await run_agent(runner, agent, env, mailbox=mailbox, tool_executor=tools)
-        except asyncio.CancelledError:
-            self._end(job)  # the coordinator cancelled it, or we are stopping: no result is owed
-            raise
-        except BaseException as exc:  # noqa: BLE001 - KeyboardInterrupt raised by a runner: fail this agent only
-            run = AgentRun(None, S.JOIN_ERROR.format(details=f"{type(exc).__name__}: {exc}"),
-                           (time.perf_counter() - job.t0) * 1000.0)
-        self._end(job)
-        self._result(job.id, run, job.view.ops or None)
-        if job.stuck:  # the runner ignored its timeout's cancellation: report, then ask to be killed
-            self._flush()
-            self._send(wire.encode({"t": "stuck", "job": job.id}))
+        task = job.task = self.loop.create_task(run_agent(runner, agent, env, mailbox=mailbox, tool_executor=tools))
+        task.add_done_callback(job, context=self.callback_context)
 
     def _end(self, job: WorkerJob) -> None:
         if job.finished:
