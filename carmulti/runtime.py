@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+from types import MappingProxyType
 from typing import Any, Mapping, Protocol, runtime_checkable
 
 import orjson
@@ -127,6 +128,9 @@ def _idempotency_key(action: Action) -> str:
     return hashlib.blake2b(blob, digest_size=16).hexdigest()
 
 
+_NO_TOOLS: Mapping[str, dict[str, Any] | None] = MappingProxyType({})
+
+
 class Runtime:
     """Executes an agent's action proposals against shared infrastructure.
 
@@ -160,7 +164,8 @@ class Runtime:
         self.policies = policies if policies is not None else PolicyEngine()
         self.agent = agent
         self.budget = budget
-        self._tools: dict[str, dict[str, Any] | None] = {}
+        # A dict from the first registered tool on (most agents of a big fan-out have none: 64 bytes each).
+        self._tools: Mapping[str, dict[str, Any] | None] = _NO_TOOLS
         # Created on first use: most agents of a big fan-out never register an unchecked tool nor cache a
         # result, and an empty set costs 216 bytes (a million agents in flight: 200 MiB).
         self._unchecked: set[str] | None = None
@@ -193,7 +198,10 @@ class Runtime:
             raise TypeError(f"schema of tool {name!r} must be a mapping (JSON Schema) or None, got {type(schema).__name__}")
         if schema is None and name in self._tools:
             return  # re-registering without a schema keeps a schema given earlier
-        self._tools[name] = dict(schema) if schema is not None else None
+        tools = self._tools
+        if not isinstance(tools, dict):
+            tools = self._tools = {}
+        tools[name] = dict(schema) if schema is not None else None
         if validate:
             if self._unchecked is not None:
                 self._unchecked.discard(name)

@@ -120,8 +120,13 @@ async def _traced(trace: "_tracing.AgentTrace", coro: Coroutine[Any, Any, AgentR
     return run
 
 
-async def _run_agent(runner: "AgentRunner", job: AgentJob, env: AgentEnvironment, mailbox: Any,
-                     tool_executor: "ToolExecutor | None", trace: "_tracing.AgentTrace | None") -> AgentRun:
+def _runtime(job: AgentJob, env: AgentEnvironment,
+             tool_executor: "ToolExecutor | None") -> tuple[Runtime, AgentContext | None, RecordingState | None]:
+    """The agent's runtime with its tools, its context when isolated, its recorder when writes are captured.
+
+    Apart from :func:`_run_agent` so the coroutine's frame, kept for as long as the agent runs (a million
+    agents in flight), holds none of these locals.
+    """
     spec = job.spec
     ctx: AgentContext | None = None
     recorder: RecordingState | None = None
@@ -143,6 +148,13 @@ async def _run_agent(runner: "AgentRunner", job: AgentJob, env: AgentEnvironment
             rt.register_tool(name)
     if tool_executor is not None:
         rt.set_executor(tool_executor)
+    return rt, ctx, recorder
+
+
+async def _run_agent(runner: "AgentRunner", job: AgentJob, env: AgentEnvironment, mailbox: Any,
+                     tool_executor: "ToolExecutor | None", trace: "_tracing.AgentTrace | None") -> AgentRun:
+    spec = job.spec
+    rt, ctx, recorder = _runtime(job, env, tool_executor)
     timeout = env.timeout_s
     stepped: _Stepped | None = None
     t0 = time.perf_counter()
