@@ -275,6 +275,21 @@ class CoordinationBudget:
             started = self.counters.load(_AGENTS)
             raise BudgetError("agent_limit", started=started, max_agents=lim.max_agents, snapshot=self.snapshot())
 
+    def begin_agents(self, n: int) -> bool:
+        """Reserve ``n`` agent slots at once when no limit can refuse one (every limit ``None``).
+
+        One atomic add instead of ``n`` calls of :meth:`begin_agent` (a parallel round of a big
+        fan-out); the counters end the same.
+
+        Returns:
+            True when the ``n`` slots are reserved; False, with nothing reserved, when a limit is
+            set (then each agent must go through :meth:`begin_agent`).
+        """
+        if not self.limits.is_unbounded:
+            return False
+        self.counters.add(_AGENTS, n)
+        return True
+
     def record(self, tokens: TokenAccounting | None) -> None:
         """Add one agent's reported spend (``None`` adds nothing).
 

@@ -195,6 +195,9 @@ async def run_round(infra: "SharedInfra", runner: "AgentRunner", jobs: Sequence[
     Returns:
         One output per job, in job order.
     """
+    if infra.max_turns is None and infra.budget.begin_agents(len(jobs)):  # nothing can refuse a job: one reservation
+        runs = await run_many(infra, runner, jobs, timeout_s=timeout_s)
+        return [conclude(infra, run, job.spec.name) for job, run in zip(jobs, runs)]
     slots: list[AgentOutput | int] = []
     admitted: list[AgentJob] = []
     for job in jobs:

@@ -186,7 +186,7 @@ async def _run_agent(runner: "AgentRunner", job: AgentJob, env: AgentEnvironment
         return AgentRun(None, S.JOIN_ERROR.format(details=f"{type(exc).__name__}: {exc}"),
                         (time.perf_counter() - t0) * 1000.0, ctx)
     dur = (time.perf_counter() - t0) * 1000.0
-    if _warn_if_blocking(stepped, timeout, spec.name):
+    if stepped is not None and _warn_if_blocking(stepped, timeout, spec.name):
         return AgentRun(None, S.TIMEOUT.format(timeout=timeout), dur, ctx)
     output, err = check_output(result, spec, dur, rt)
     run = AgentRun(output, err, dur, ctx)

@@ -271,3 +271,31 @@ def test_first_budget_of_a_process_sweeps_segments_left_by_dead_coordinators(mon
         for path in (dead_seg, live_seg, later_seg):
             if path is not None and os.path.exists(path):
                 os.unlink(path)
+
+
+def test_begin_agents_reserves_a_round_at_once_only_when_no_limit_can_refuse(make_budget):
+    free = make_budget()
+    assert free.begin_agents(5) is True
+    assert free.begin_agents(0) is True
+    assert free.snapshot().agents_started == 5  # as five begin_agent() calls
+    for limits in ({"max_agents": 100}, {"max_total_tokens": 10}, {"max_cost_usd": 1.0}):
+        capped = make_budget(**limits)
+        assert capped.begin_agents(5) is False
+        assert capped.snapshot().agents_started == 0  # nothing reserved: each agent goes through begin_agent()
+
+
+async def test_a_round_counts_every_agent_with_or_without_limits():
+    from carmulti import AgentSpec, Swarm
+
+    class Ok:
+        async def run(self, spec, task, runtime, mailbox):
+            return "ok"
+
+    specs = [AgentSpec(f"a{i}") for i in range(7)]
+    async with SharedInfra() as free:
+        res = await Swarm(specs).run("t", Ok(), free)
+        assert free.budget.snapshot().agents_started == 7 and all(o.succeeded for o in res.outputs)
+    async with SharedInfra(budget=BudgetLimits(max_agents=4)) as capped:
+        res = await Swarm(specs).run("t", Ok(), capped)
+        assert capped.budget.snapshot().agents_started == 4
+        assert [is_budget_skipped(o) for o in res.outputs] == [False] * 4 + [True] * 3
