@@ -77,6 +77,12 @@ async def test_kill_9_mid_agent_fails_only_that_workers_agents_and_replaces_it(t
         before = set(ex.pids)
         task = asyncio.ensure_future(Swarm(agents).run("t", FaultRunner(), infra))
         pid = await _wait_pid(pidfile)
+        # the kill comes once a1 and a3 have reported: a sibling whose result had not yet left the
+        # dying worker would rightly fail with it (at-most-once), which is not what this test checks
+        deadline = time.monotonic() + 20
+        while len(ex._pending) > 1:
+            assert time.monotonic() < deadline, "a1 and a3 never reported"
+            await asyncio.sleep(0.01)
         os.kill(pid, signal.SIGKILL)
         t0 = time.monotonic()
         res = await asyncio.wait_for(task, 10)
