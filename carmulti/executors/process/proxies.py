@@ -23,6 +23,7 @@ import orjson
 from carcore import check_json_value
 
 from ... import tracing as _tracing
+from ...mailbox import Inbox
 from ...types import Message
 from .payloads import FRAME_OVERHEAD, decode_value, encode_value, too_big
 
@@ -38,6 +39,7 @@ class WorkerLink(Protocol):
 
     max_frame_bytes: int
     out_events: dict[int, list[dict[str, Any]]]
+    peers: Any  # ``peers.Peers``: the inboxes this worker hosts, routes to the others
 
     def rpc(self, body: dict[str, Any]) -> Any:
         """A synchronous request to the coordinator (blocks the worker's loop until answered)."""
@@ -342,12 +344,16 @@ class RemoteMailbox:
         self._job = job
         self._o = oid
         self.buffer_size = buffer_size
-        self.inbox: RemoteInbox | None = None
+        self.inbox: Inbox | None = None
 
-    def register(self, name: str) -> RemoteInbox:
-        return _inbox_from(self._w, self._job, self._w.rpc_call(self._job, self._o, "register", [name]))
+    def register(self, name: str) -> Inbox:
+        """The agent's inbox, hosted in this worker (``recv`` is local); the coordinator records where."""
+        v = self._w.rpc_call(self._job, self._o, "host", [name])
+        inbox: Inbox = self._w.peers.host(self._o, name, v["$hosted"], v["cap"])
+        return inbox
 
     def unregister(self, name: str) -> None:
+        self._w.peers.unhost(self._o, name)  # closed here first: no later direct put gets in
         self._w.rpc_call(self._job, self._o, "unregister", [name])
 
     def names(self) -> list[str]:
@@ -358,6 +364,10 @@ class RemoteMailbox:
         return bool(self._w.rpc_call(self._job, self._o, "contains", [name]))
 
     async def send(self, msg: Message, *, timeout_s: float | None = None) -> None:
+        peers = self._w.peers
+        route = peers.route(self._job, self._o, msg.to)
+        if route is not None and await peers.put(self._o, route, msg, timeout_s):
+            return  # accepted by the host directly
         await self._w.request({"op": "call", "job": self._job, "object": self._o, "method": "send", "args": [encode_value(msg)],
                                "kwargs": {"timeout_s": timeout_s}})
 
