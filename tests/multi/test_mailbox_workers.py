@@ -234,7 +234,7 @@ class InOrder:
             while len(got) < 300:
                 try:  # receives cancelled by timeouts lose nothing
                     got.append((await asyncio.wait_for(inbox.recv(), 0.001)).content)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
             return json.dumps(got == list(range(300)))
         await _wait_for(mailbox, "bob")

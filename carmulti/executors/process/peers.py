@@ -10,8 +10,8 @@ the host over a peer connection: every worker listens on a Unix socket in the
 executor's ``ipc://`` directory (``p{index}.{gen}``) and connects to its peers
 lazily (plain stream sockets: a ZeroMQ hop costs ~5x a Unix-socket round trip
 here); each message is a 4-byte big-endian length and a body checked by
-:data:`.wire.TO_HOST` / :data:`.wire.TO_PEER`. The host puts the message in the real :class:`~carmulti.Inbox` and
-answers once it is accepted (``putr``: ok, ``gone`` or the ``MailboxFull`` /
+:data:`.wire.TO_HOST` / :data:`.wire.TO_PEER`. The host puts the message in the
+real :class:`~carmulti.Inbox` and answers once it is accepted (``putr``: ok, ``gone`` or the ``MailboxFull`` /
 ``MailboxSend`` error), so backpressure and the errors are those of an
 in-process inbox; one sender's awaited sends arrive in order (one FIFO
 connection). ``gone`` (closed or re-registered elsewhere) drops the cached
@@ -261,7 +261,7 @@ class Peers:
         link = self.links.get(host)
         if link is None or link.closed:
             link = await self._connect(host)
-            if link is None:
+            if link is None or link.closed:  # closed while connecting: its loss would fail nothing of ours
                 return False
         rid = self._rid
         self._rid += 1

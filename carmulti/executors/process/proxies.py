@@ -5,9 +5,11 @@ coordinator's: :class:`StateView` (reads fall through to the coordinator's
 store by a synchronous RPC, writes stay local and travel back in order with the
 result), :class:`EventSink` (events buffered for the coordinator's log),
 :class:`RemoteTools` (tool calls run on the coordinator's ``job.tool_executor``),
-and the mailbox proxies :class:`RemoteMailbox`, :class:`RemoteInbox`,
-:class:`RemoteRouter` (the coordinator brokers every message, so bounded
-inboxes, backpressure and ``MailboxFull``/``MailboxSend`` behave as in-process).
+and the mailbox proxies :class:`RemoteMailbox` (an inbox it registers is hosted
+in this worker and other workers put to it directly, see :mod:`.peers`; the
+coordinator's mailbox stays the directory), :class:`RemoteInbox` and
+:class:`RemoteRouter` (``AgentPool``: the coordinator brokers every message). Bounded
+inboxes, backpressure and ``MailboxFull``/``MailboxSend`` behave as in-process.
 Each talks to its worker through the small :class:`WorkerLink` interface.
 """
 
@@ -330,11 +332,13 @@ def _inbox_from(w: "WorkerLink", job: int, v: Any) -> RemoteInbox:
 
 
 class RemoteMailbox:
-    """A :class:`~carmulti.Mailbox` that lives in the coordinator, which brokers messages by name.
+    """A :class:`~carmulti.Mailbox` of the coordinator seen from a worker.
 
     Same API and semantics (bounded inboxes, backpressure, ``MailboxFull``,
     ``MailboxSend`` for unknown agents); agents in any worker sharing the
-    coordinator's mailbox reach each other.
+    coordinator's mailbox reach each other. ``register`` hosts the inbox in this
+    worker; ``send`` puts directly to the worker hosting the recipient's inbox
+    (:mod:`.peers`), or through the coordinator when no worker hosts it.
     """
 
     __slots__ = ("_w", "_job", "_o", "buffer_size", "inbox")

@@ -4,9 +4,10 @@ Owns the coordinator side of every call an agent makes back to its
 coordination: state reads (a synchronous RPC on the worker's second socket),
 tool calls (run on ``job.tool_executor``, in the coordinator: this is how
 ``Delegator`` works across processes) and mailbox calls (the coordinator-side
-``Mailbox`` / ``PooledMailbox`` objects, pinned for workers by object id and
-brokered by name, so bounded inboxes, backpressure, ``MailboxFull`` and
-``MailboxSend`` behave exactly as in-process). Replies that cannot fit a frame
+``Mailbox`` / ``PooledMailbox`` objects, pinned for workers by object id; a
+``Mailbox`` is the directory of the inboxes hosted in workers, :mod:`.hosting`,
+and brokers what is sent to the others, so bounded inboxes, backpressure,
+``MailboxFull`` and ``MailboxSend`` behave exactly as in-process). Replies that cannot fit a frame
 become errors naming the size and the limit.
 """
 
