@@ -149,9 +149,14 @@ class Peers:
 
     async def start(self) -> None:
         """Listen for peers (when there is an ``ipc://`` directory)."""
-        if self.peer_dir is not None:
+        if self.peer_dir is None:
+            return
+        try:
             self.server = await self.loop.create_unix_server(
                 lambda: _Link(self, wire.TO_HOST, None), peer_path(self.peer_dir, self.ident))
+        except OSError as exc:  # e.g. a path too long for a Unix socket: every put goes through the coordinator
+            log.warning("carmulti worker %d: no direct mailbox path (%s)", os.getpid(), exc)
+            self.peer_dir = None
 
     # -- hosting ----------------------------------------------------------------------------------------------------
     def host(self, oid: int, name: str, hid: int, capacity: int) -> Inbox:
