@@ -58,6 +58,25 @@ def lost_text(name: str, reason: str) -> str:
     return f"inbox of '{name}' was hosted by a worker that was lost ({reason})"
 
 
+def _plain(raw: bytes, to_host: bool) -> dict[str, Any] | None:
+    """``raw`` as a body when it is a well-formed common frame (a ``put`` with a number or no
+    timeout, or a ``putr`` ok/gone), else ``None``: :func:`.wire.decode` checks it in full then."""
+    try:
+        b = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if type(b) is not dict or type(b.get("rid")) is not int:
+        return None
+    t = b.get("t")
+    if to_host:
+        to = b.get("timeout_s", 0)
+        if t == "put" and type(b.get("hid")) is int and "msg" in b and (to is None or type(to) in (int, float)):
+            return b
+    elif t == "putr" and ("ok" in b or "gone" in b):
+        return b
+    return None
+
+
 class _Link(asyncio.Protocol):
     """One peer connection: length-prefixed frames both ways (either end of it)."""
 
@@ -95,11 +114,13 @@ class _Link(asyncio.Protocol):
                 break
             raw = bytes(buf[pos + 4:pos + 4 + size])
             pos += 4 + size
-            try:
-                body, _ = wire.decode([wire.VERSION, raw], self.kinds, limit)
-            except WireProtocolError as exc:
-                peers.reject(exc)
-                continue
+            body = _plain(raw, self.host is None)
+            if body is None:  # not the common well-formed case: the full check (and its error text)
+                try:
+                    body, _ = wire.decode([wire.VERSION, raw], self.kinds, limit)
+                except WireProtocolError as exc:
+                    peers.reject(exc)
+                    continue
             if self.host is None:
                 if body["t"] == "put":
                     peers.serve_put(body, self)
