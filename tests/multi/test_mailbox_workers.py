@@ -292,3 +292,36 @@ async def test_killing_the_host_worker_fails_pending_and_later_sends_naming_it()
     assert later.startswith("mailbox send error: inbox of 'bob' was hosted by a worker that was lost") and \
         str(pid) in later
 
+
+
+async def test_ray_workers_put_through_the_coordinator_with_the_same_semantics(ray_cluster):
+    from carmulti import RayExecutor
+
+    bob, alice = _answers(await _run(Backpressure(), ["bob", "alice"], Mailbox(2),
+                                     executor=RayExecutor(address=ray_cluster.address)))
+    assert bob == "2 ['m1', 'm2', 'm4']"
+    assert alice == f"True {MailboxFull('bob', 2, 0.3)} waited=True"
+    bob, alice = _answers(await _run(Unregister(), ["bob", "alice"], Mailbox(),
+                                     executor=RayExecutor(address=ray_cluster.address)))
+    assert bob == "first False True"
+    assert alice == ["mailbox send error: no agent 'bob'", "mailbox send error: no agent 'carol'"]
+
+
+async def test_a_malformed_peer_frame_is_rejected_and_the_worker_keeps_serving():
+    ex = ProcessExecutor(workers=2)
+    async with SharedInfra(executor=ex) as infra:
+        await infra.start()
+        path = os.path.join(ex._transport.dir, "p0.0")
+        for body in (b"{not", b'{"t": "boom"}', b'{"t": "put", "rid": "x"}', b"x" * 70_000_000):
+            junk = len(body).to_bytes(4, "big") + (body if len(body) < 100 else body[:16])  # the last: too big
+            _, w = await asyncio.open_unix_connection(path)
+            w.write(junk)
+            await w.drain()
+            w.close()
+            await w.wait_closed()
+        mb = Mailbox()
+        jobs = [AgentJob(AgentSpec(n), "", mailbox=mb) for n in ("ping", "pong")]
+        runs = await ex.run_batch(PingPong(), jobs, infra)
+        pids = ex.pids
+    assert ex.restarts == 0
+    assert {int(a.split()[0]) for a in _answers(runs)} == set(pids)  # worker 0 still runs agents
