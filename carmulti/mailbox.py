@@ -158,7 +158,12 @@ class Inbox:
         """The next message if one is waiting, else ``None``."""
         return self._take() if self._items else None
 
-    async def _put(self, msg: Any, timeout_s: float | None) -> None:
+    def _put_nowait(self, msg: Any) -> bool:
+        """Accept ``msg`` if that needs no wait (a receiver waits, or there is room); False when full.
+
+        Raises:
+            MailboxSend: the inbox is closed.
+        """
         if self._closed:
             raise MailboxSend(f"inbox of '{self.name}' is closed")
         getters = self._getters
@@ -166,9 +171,14 @@ class Inbox:
             fut = getters.popleft()
             if not fut.done():
                 fut.set_result(msg)
-                return
+                return True
         if len(self._items) < self._capacity:
             self._items.append(msg)
+            return True
+        return False
+
+    async def _put(self, msg: Any, timeout_s: float | None) -> None:
+        if self._put_nowait(msg):
             return
         # Backpressure: wait for room, for the timeout, or for the inbox to close.
         loop = asyncio.get_running_loop()

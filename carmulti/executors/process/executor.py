@@ -223,6 +223,7 @@ class ProcessExecutor:
 
     def _on_worker_lost(self, w: WorkerHandle, reason: str) -> None:
         self._jobs.on_worker_lost(w, reason)
+        self._services.hosts.on_worker_lost(w, reason, () if self._state.closing else self._workers.slots)
 
     def _on_give_up(self, err: BaseException) -> None:
         self._jobs.fail_all(err)
@@ -332,6 +333,7 @@ class ProcessExecutor:
             return
         self._state.closing = True
         self._jobs.fail_all(None, "executor closed while this agent was running")
+        self._services.hosts.detach_all()
         await self._workers.stop()
         await self._teardown()
         self._reset()
@@ -450,6 +452,8 @@ class ProcessExecutor:
             return True
         if t == "rpc":
             self._services.on_rpc(w, ident if ident is not None else w.ident + b"/r", body)
+        elif t == "putr":
+            self._services.hosts.on_answer(body)
         elif t == "pong":
             self._jobs.on_pong(w, body)
         elif t == "hello":

@@ -5,9 +5,11 @@ coordinator's: :class:`StateView` (reads fall through to the coordinator's
 store by a synchronous RPC, writes stay local and travel back in order with the
 result), :class:`EventSink` (events buffered for the coordinator's log),
 :class:`RemoteTools` (tool calls run on the coordinator's ``job.tool_executor``),
-and the mailbox proxies :class:`RemoteMailbox`, :class:`RemoteInbox`,
-:class:`RemoteRouter` (the coordinator brokers every message, so bounded
-inboxes, backpressure and ``MailboxFull``/``MailboxSend`` behave as in-process).
+and the mailbox proxies :class:`RemoteMailbox` (an inbox it registers is hosted
+in this worker and other workers put to it directly, see :mod:`.peers`; the
+coordinator's mailbox stays the directory), :class:`RemoteInbox` and
+:class:`RemoteRouter` (``AgentPool``: the coordinator brokers every message). Bounded
+inboxes, backpressure and ``MailboxFull``/``MailboxSend`` behave as in-process.
 Each talks to its worker through the small :class:`WorkerLink` interface.
 """
 
@@ -24,6 +26,7 @@ import orjson
 from carcore import check_json_value
 
 from ... import tracing as _tracing
+from ...mailbox import Inbox
 from ...types import Message
 from .payloads import FRAME_OVERHEAD, decode_value, encode_value, too_big
 
@@ -39,6 +42,7 @@ class WorkerLink(Protocol):
 
     max_frame_bytes: int
     out_events: dict[int, list[dict[str, Any]]]
+    peers: Any  # ``peers.Peers``: the inboxes this worker hosts, routes to the others
 
     def rpc(self, body: dict[str, Any]) -> Any:
         """A synchronous request to the coordinator (blocks the worker's loop until answered)."""
@@ -345,11 +349,13 @@ def _inbox_from(w: "WorkerLink", job: int, v: Any) -> RemoteInbox:
 
 
 class RemoteMailbox:
-    """A :class:`~carmulti.Mailbox` that lives in the coordinator, which brokers messages by name.
+    """A :class:`~carmulti.Mailbox` of the coordinator seen from a worker.
 
     Same API and semantics (bounded inboxes, backpressure, ``MailboxFull``,
     ``MailboxSend`` for unknown agents); agents in any worker sharing the
-    coordinator's mailbox reach each other.
+    coordinator's mailbox reach each other. ``register`` hosts the inbox in this
+    worker; ``send`` puts directly to the worker hosting the recipient's inbox
+    (:mod:`.peers`), or through the coordinator when no worker hosts it.
     """
 
     __slots__ = ("_w", "_job", "_o", "buffer_size", "inbox")
@@ -359,12 +365,16 @@ class RemoteMailbox:
         self._job = job
         self._o = oid
         self.buffer_size = buffer_size
-        self.inbox: RemoteInbox | None = None
+        self.inbox: Inbox | None = None
 
-    def register(self, name: str) -> RemoteInbox:
-        return _inbox_from(self._w, self._job, self._w.rpc_call(self._job, self._o, "register", [name]))
+    def register(self, name: str) -> Inbox:
+        """The agent's inbox, hosted in this worker (``recv`` is local); the coordinator records where."""
+        v = self._w.rpc_call(self._job, self._o, "host", [name])
+        inbox: Inbox = self._w.peers.host(self._o, name, v["$hosted"], v["cap"])
+        return inbox
 
     def unregister(self, name: str) -> None:
+        self._w.peers.unhost(self._o, name)  # closed here first: no later direct put gets in
         self._w.rpc_call(self._job, self._o, "unregister", [name])
 
     def names(self) -> list[str]:
@@ -375,6 +385,10 @@ class RemoteMailbox:
         return bool(self._w.rpc_call(self._job, self._o, "contains", [name]))
 
     async def send(self, msg: Message, *, timeout_s: float | None = None) -> None:
+        peers = self._w.peers
+        route = peers.route(self._job, self._o, msg.to)
+        if route is not None and await peers.put(self._o, route, msg, timeout_s):
+            return  # accepted by the host directly
         await self._w.request({"op": "call", "job": self._job, "object": self._o, "method": "send", "args": [encode_value(msg)],
                                "kwargs": {"timeout_s": timeout_s}})
 

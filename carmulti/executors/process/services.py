@@ -4,9 +4,10 @@ Owns the coordinator side of every call an agent makes back to its
 coordination: state reads (a synchronous RPC on the worker's second socket),
 tool calls (run on ``job.tool_executor``, in the coordinator: this is how
 ``Delegator`` works across processes) and mailbox calls (the coordinator-side
-``Mailbox`` / ``PooledMailbox`` objects, pinned for workers by object id and
-brokered by name, so bounded inboxes, backpressure, ``MailboxFull`` and
-``MailboxSend`` behave exactly as in-process). Replies that cannot fit a frame
+``Mailbox`` / ``PooledMailbox`` objects, pinned for workers by object id; a
+``Mailbox`` is the directory of the inboxes hosted in workers, :mod:`.hosting`,
+and brokers what is sent to the others, so bounded inboxes, backpressure,
+``MailboxFull`` and ``MailboxSend`` behave exactly as in-process). Replies that cannot fit a frame
 become errors naming the size and the limit.
 """
 
@@ -21,6 +22,7 @@ import orjson
 from ... import tracing as _tracing
 from ...mailbox import Inbox, Mailbox
 from . import wire
+from .hosting import Hosts
 from .payloads import (FRAME_OVERHEAD, decode_value, encode_error, encode_value, find_unserializable, pack_frames,
                        too_big)
 
@@ -33,7 +35,7 @@ __all__ = ["Services"]
 
 # Methods a worker may call on coordinator-side mailbox objects, by (type name, method).
 _ASYNC_METHODS = {("Mailbox", "send"), ("Mailbox", "broadcast"), ("Inbox", "recv"), ("MessageRouter", "send")}
-_SYNC_METHODS = {("Mailbox", "register"), ("Mailbox", "unregister"), ("Mailbox", "names"), ("Mailbox", "contains"),
+_SYNC_METHODS = {("Mailbox", "register"), ("Mailbox", "host"), ("Mailbox", "route"), ("Mailbox", "unregister"), ("Mailbox", "names"), ("Mailbox", "contains"),
                  ("Inbox", "try_recv"), ("Inbox", "qsize"), ("MessageRouter", "register"),
                  ("MessageRouter", "unregister"), ("MessageRouter", "agent_count")}
 
@@ -61,6 +63,8 @@ class Services:
         self._oid_by_id: dict[int, int] = {}
         self._next_oid = 1
         self.tasks: set[asyncio.Task[Any]] = set()
+        #: Inboxes agents registered from workers, hosted there (the direct mailbox path).
+        self.hosts = Hosts(transport, lambda: state.loop, config.max_frame_bytes)
 
     # -- mailbox objects pinned for workers -------------------------------------------------------------------------
     def mailbox_descriptor(self, mb: Any) -> tuple[dict[str, Any], list[int]]:
@@ -100,6 +104,8 @@ class Services:
         ent[1] -= 1
         if ent[1] <= 0:
             del self.objects[oid]
+            if isinstance(ent[0], Mailbox):  # its jobs all ended: the hosts drop its inboxes
+                self.hosts.detach(list(ent[0]._inboxes.values()))
             if self._oid_by_id.get(id(ent[0])) == oid:
                 del self._oid_by_id[id(ent[0])]
 
@@ -188,7 +194,7 @@ class Services:
         rid = body["rid"]
         try:
             if op == "call":
-                ok = self._sync_call(body)
+                ok = self._sync_call(w, body)
             elif op == "budget":
                 ok = self._budget_call(body)
             else:
@@ -240,7 +246,7 @@ class Services:
             return budget.exhausted
         raise RuntimeError(f"budget call {m!r} not allowed")
 
-    def _sync_call(self, body: dict[str, Any]) -> Any:
+    def _sync_call(self, w: WorkerHandle, body: dict[str, Any]) -> Any:
         p = self.pending.get(body["job"])
         ent = self.objects.get(body["object"])
         if p is None or ent is None:
@@ -252,6 +258,10 @@ class Services:
         args = [decode_value(a) for a in body["args"]]
         if m == "contains":
             return args[0] in obj
+        if m == "host":  # register, the inbox hosted in the calling worker
+            return self.hosts.register(obj, args[0], w)
+        if m == "route":
+            return self.hosts.route(obj, args[0])
         res = getattr(obj, m)(*args)
         if isinstance(res, Inbox):
             oid = self.pin(res)

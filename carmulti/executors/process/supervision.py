@@ -147,6 +147,7 @@ class WorkerSupervisor:
                "max_frame_bytes": c.max_frame_bytes, "batch_size": c.batch_size,
                "cancel_grace_s": c.cancel_grace_s, "rpc_timeout_s": c.rpc_timeout_s,
                "gc_freeze": c.gc_freeze, "heartbeat_interval_s": c.heartbeat_timeout_s / 5, "nonce": nonce,
+               "peer_dir": self.transport.peer_dir(),
                **self.transport.client_options(), **self.worker_options}
         proc = self.launcher.launch(cfg, f"carmulti-worker-{index}.{gen}")
         w = WorkerHandle(index, gen, proc, nonce)

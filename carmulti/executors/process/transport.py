@@ -125,6 +125,10 @@ class Transport:
             shutil.rmtree(self.dir, ignore_errors=True)
             self.dir = None
 
+    def peer_dir(self) -> str | None:
+        """Where workers bind their peer sockets (``ipc://``, the direct mailbox path), or ``None``."""
+        return self.dir if self.endpoint is not None and self.endpoint.startswith("ipc://") else None
+
     def client_options(self) -> dict[str, Any]:
         """What a worker needs, beside the endpoint, to connect (nothing for ``ipc://``)."""
         return {}

@@ -33,6 +33,10 @@ Kinds, coordinator → worker:
   still run or owe a result for?);  ``stop`` ``{"t"}``.
 * ``forget``  ``{"t", "runners"?: [id], "infras"?: [id]}``: cached runners / infras no
   coordination needs any more (an infra is released when its last running job ends).
+* ``put``     ``{"t", "rid", "hid", "msg", "timeout_s"}``: put ``msg`` in the inbox this worker hosts as
+  ``hid`` (answered by ``putr``); ``pcancel`` ``{"t", "rid"}``; ``hclose`` ``{"t", "hids": [id]}``: close
+  and drop hosted inboxes; ``lost`` ``{"t", "worker", "reason"}``: a peer worker died. ``put``,
+  ``pcancel`` and ``putr`` also travel worker to worker on the peer sockets (:mod:`.peers`).
 
 Kinds, worker → coordinator:
 
@@ -50,6 +54,7 @@ Kinds, worker → coordinator:
   the worker neither runs nor owes: their results were lost); ``stuck`` ``{"t", "job"}``;
   ``nack``    ``{"t", "err", "jobs"?: [id]}`` (the worker rejected a frame; ``jobs`` it carried).
 * ``hb``      ``{"t"}`` from the worker's heartbeat socket (identity ``w{index}.{gen}/h``).
+* ``putr``    ``{"t", "rid", "ok" | "gone" | "err"}``: the answer to a ``put`` (``gone``: no such hosted inbox).
 
 Field names are readable: measured on ``python -m bench fanout --executor process``
 (100k agents), one-letter keys bought no measurable speed-up.
@@ -69,7 +74,7 @@ import zmq
 from ...errors import WireProtocolError
 from .payloads import OUTPUT_FIELDS, SURROGATE_TAG
 
-__all__ = ["DEFAULT_MAX_FRAME_BYTES", "SOCKET_SLACK", "TO_COORDINATOR", "TO_WORKER", "VERSION", "decode", "encode",
+__all__ = ["DEFAULT_MAX_FRAME_BYTES", "SOCKET_SLACK", "TO_COORDINATOR", "TO_HOST", "TO_PEER", "TO_WORKER", "VERSION", "decode", "encode",
            "encode_job", "encode_result", "encode_spec", "has_input", "salvage_ids"]
 
 #: The protocol version byte (frame 0 of every message).
@@ -397,6 +402,34 @@ def _v_none(b: dict[str, Any], blob: bool) -> None:
     pass
 
 
+def _v_put(b: dict[str, Any], blob: bool) -> None:
+    _int(b, "rid", "$")
+    _int(b, "hid", "$")
+    if "msg" not in b:
+        _fail("$", "a put needs 'msg'")
+    _opt(b, "timeout_s", (int, float), "$", "number")
+
+
+def _v_rid(b: dict[str, Any], blob: bool) -> None:
+    _int(b, "rid", "$")
+
+
+def _v_hclose(b: dict[str, Any], blob: bool) -> None:
+    _int_list(b, "hids")
+
+
+def _v_lost(b: dict[str, Any], blob: bool) -> None:
+    _str(b, "worker", "$")
+    _str(b, "reason", "$")
+
+
+def _v_putr(b: dict[str, Any], blob: bool) -> None:
+    if "ok" in b or "gone" in b:
+        _int(b, "rid", "$")
+    else:
+        _check_reply(b, "$")
+
+
 # -- worker -> coordinator ----------------------------------------------------------------------------------------
 
 def _check_output(o: Any, path: str) -> None:
@@ -560,10 +593,14 @@ def _v_nack(b: dict[str, Any], blob: bool) -> None:
 #: Kinds a worker accepts (from the coordinator) and their validators.
 TO_WORKER: dict[str, Check] = {
     "runner": _v_blob, "infra": _v_blob, "jobs": _v_jobs, "ret": _v_ret, "rret": _v_rret,
-    "cancel": _v_cancel, "ping": _v_ping, "stop": _v_none, "forget": _v_forget,
+    "cancel": _v_cancel, "ping": _v_ping, "stop": _v_none, "forget": _v_forget, "put": _v_put,
+    "pcancel": _v_rid, "hclose": _v_hclose, "lost": _v_lost,
 }
+#: Kinds a worker's peer socket accepts (from another worker), and the answers it gets back.
+TO_HOST: dict[str, Check] = {"put": _v_put, "pcancel": _v_rid}
+TO_PEER: dict[str, Check] = {"putr": _v_putr}
 #: Kinds the coordinator accepts (from a worker) and their validators.
 TO_COORDINATOR: dict[str, Check] = {
     "hello": _v_hello, "batch": _v_batch, "rpc": _v_rpc, "pong": _v_pong, "stuck": _v_stuck, "nack": _v_nack,
-    "hb": _v_none,
+    "hb": _v_none, "putr": _v_putr,
 }

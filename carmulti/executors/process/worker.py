@@ -42,6 +42,7 @@ from ..agent_run import AgentEnvironment, exception_text, run_agent
 from ..base import AgentJob, AgentRun
 from ..gcpace import GcPacer
 from . import wire
+from .peers import Peers
 from .payloads import decode_error, decode_value, encode_value, is_message, output_to_wire, split_batch
 from .proxies import EventSink, RemoteBudget, RemoteInbox, RemoteMailbox, RemoteRouter, RemoteTools, StateView
 
@@ -229,6 +230,9 @@ class WorkerProcess:
         rsock.setsockopt(zmq.MAXMSGSIZE, maxmsg)
         secure(rsock, curve)
         rsock.connect(endpoint)
+        self.peers = Peers(loop, ident.decode(), self.cfg.get("peer_dir"), self.max_frame_bytes, self._send,
+                           self.rpc_call)
+        await self.peers.start()
         self.stopped: asyncio.Future[None] = loop.create_future()
         beat_stop = threading.Event()
         beat = threading.Thread(target=_heartbeat, args=(ctx, ident + b"/h", endpoint,
@@ -270,6 +274,7 @@ class WorkerProcess:
             for wc in self.coordinations.values():
                 wc.release()
             pacer.stop()
+            self.peers.shutdown()
             beat_stop.set()
             beat.join(5.0)
             sock.close(linger=0)
@@ -345,6 +350,14 @@ class WorkerProcess:
                 if self.cfg.get("remote_budget"):  # the budget lives in the coordinator (another machine)
                     budget = RemoteBudget(self, cid, budget)
                 self.coordinations[cid] = WorkerCoordination(budget, policies, EventSink(self, cid))
+        elif t == "put":  # a put the coordinator forwards to an inbox hosted here (.peers)
+            self.peers.serve_put(body, None)
+        elif t == "pcancel":
+            self.peers.cancel_put(None, body["rid"])
+        elif t == "hclose":
+            self.peers.close(body["hids"])
+        elif t == "lost":
+            self.peers.on_lost(body["worker"], body["reason"])
         elif t == "cancel":
             for jid in body["jobs"]:
                 job = self.jobs.get(jid)
