@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 from ...errors import MailboxSend
 from ...mailbox import Inbox, Mailbox
 from . import wire
-from .payloads import FRAME_OVERHEAD, decode_error, encode_value, too_big
-from .peers import lost_text
+from .payloads import FRAME_OVERHEAD, encode_value, too_big
+from .peers import lost_text, settle_put
 
 if TYPE_CHECKING:
     from .records import WorkerHandle
@@ -147,15 +147,7 @@ class Hosts:
 
     def on_answer(self, body: dict[str, Any]) -> None:
         """A ``putr`` from a host worker."""
-        ent = self.pending.pop(body["rid"], None)
-        if ent is None or ent[0].done():
-            return
-        if "ok" in body:
-            ent[0].set_result(True)
-        elif "gone" in body:
-            ent[0].set_result(False)
-        else:
-            ent[0].set_exception(decode_error(body["err"]))
+        settle_put(self.pending, body)
 
     # -- a host died ------------------------------------------------------------------------------------------------
     def on_worker_lost(self, w: "WorkerHandle", reason: str, others: Iterable["WorkerHandle | None"]) -> None:

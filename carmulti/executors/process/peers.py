@@ -39,7 +39,7 @@ from ...mailbox import Inbox
 from . import wire
 from .payloads import FRAME_OVERHEAD, decode_error, decode_value, encode_error, encode_value
 
-__all__ = ["Peers", "lost_text", "peer_path"]
+__all__ = ["Peers", "lost_text", "peer_path", "settle_put"]
 
 log = logging.getLogger("carmulti.executors.worker")
 
@@ -75,6 +75,20 @@ def _plain(raw: bytes, to_host: bool) -> dict[str, Any] | None:
     elif t == "putr" and ("ok" in b or "gone" in b):
         return b
     return None
+
+
+def settle_put(pending: dict[int, Any], body: dict[str, Any]) -> None:
+    """Settle the put a ``putr`` answers: ``pending[rid]`` is ``(future, ...)``; the future gets True
+    (accepted), False (gone: the inbox is not hosted there any more) or the error the host raised."""
+    ent = pending.pop(body["rid"], None)
+    if ent is None or ent[0].done():
+        return
+    if "ok" in body:
+        ent[0].set_result(True)
+    elif "gone" in body:
+        ent[0].set_result(False)
+    else:
+        ent[0].set_exception(decode_error(body["err"]))
 
 
 class _Link(asyncio.Protocol):
@@ -327,15 +341,7 @@ class Peers:
 
     def on_answer(self, body: dict[str, Any]) -> None:
         """A ``putr`` from a host."""
-        ent = self.pending.pop(body["rid"], None)
-        if ent is None or ent[0].done():
-            return
-        if "ok" in body:
-            ent[0].set_result(True)
-        elif "gone" in body:
-            ent[0].set_result(False)
-        else:
-            ent[0].set_exception(decode_error(body["err"]))
+        settle_put(self.pending, body)
 
     def on_link_lost(self, link: _Link) -> None:
         """A peer connection closed: puts waiting on it fail (ours), or are withdrawn (a peer's)."""
