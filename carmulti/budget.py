@@ -262,10 +262,9 @@ class CoordinationBudget:
                 or ``kind="agent_limit"`` (text ``agent limit reached: {started}/{max}``).
                 Nothing is reserved when it raises.
         """
-        lim = self.limits
-        if lim.is_unbounded:
-            self.counters.add(_AGENTS, 1)
+        if self.begin_agents(1):  # no limit: nothing to check
             return
+        lim = self.limits
         reason = self._exhausted_reason(self._values())
         if reason is not None:
             raise BudgetError("exhausted", reason=reason, snapshot=self.snapshot())

@@ -234,9 +234,9 @@ class AgentSpec:
     def _variant(self, name: str, system_prompt: str) -> "AgentSpec":
         """A copy with another name and system prompt (a debate's critique of this agent; the engine
         builds both strs, so only the name is checked, by :meth:`with_name`)."""
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"AgentSpec.name must be a non-empty str, got {name!r}")
-        return self._copy(name, system_prompt, dict(self.metadata))
+        new = self.with_name(name)
+        object.__setattr__(new, "system_prompt", system_prompt)
+        return new
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form with the Rust field names."""

@@ -255,7 +255,7 @@ class WorkerProcess:
         if self.cfg.get("gc_freeze", True):
             gc.collect()
             gc.freeze()  # start-up objects (modules, classes) are never scanned again
-        pacer = GcPacer()  # paced full collections instead of automatic ones (executors.gcpace),
+        pacer = GcPacer()  # paced full collections instead of automatic ones (executors.gcpace)
         if gc.isenabled():  # unless the initializer disabled the collector
             pacer.start(loop)
         loop.call_soon(self._on_readable)
