@@ -26,6 +26,19 @@ rare; when it stops growing or shrinks they come back. Reference cycles are
 still freed, later; objects without cycles are freed by reference counting as
 always.
 
+When the pacer stops (a batch ended), what the batch left alive (its results,
+outputs, runs) would otherwise be scanned by the next automatic young
+collection and again by the middle one before reaching the oldest generation:
+measured on a 10,000-agent local fan-out, 14 ms per round (1.4 us an agent,
+a fifth of the whole round). The pacer promotes those survivors to the oldest
+generation at once instead (``gc.freeze()`` then ``gc.unfreeze()``: two list
+splices, no scan), where full collections find them. So that a program running
+big batches back to back still gets full collections, the promoted objects are
+counted, and once :data:`GC_MIN_ALLOCS` of them have accumulated since the last
+full collection, and the share rule above allows one, the stop runs a full
+collection instead. A program that froze objects itself (``gc.get_freeze_count()``
+non-zero) gets no promotion: the freeze is its own.
+
 Who paces:
 
 * the coordinator, while a batch of at least :data:`GC_RELAX_AT` agents runs
@@ -61,7 +74,8 @@ class GcPacer:
         collecting_s: Seconds spent in them.
     """
 
-    __slots__ = ("_loop", "_handle", "_last_end", "_last_took", "_last_blocks", "collections", "collecting_s")
+    __slots__ = ("_loop", "_handle", "_last_end", "_last_took", "_last_blocks", "_promoted", "_full_seen",
+                 "collections", "collecting_s")
 
     def __init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -69,6 +83,8 @@ class GcPacer:
         self._last_end = 0.0  # time.monotonic() when the last collection ended
         self._last_took = 0.0  # its duration, seconds
         self._last_blocks = 0  # sys.getallocatedblocks() when it started (0: none yet)
+        self._promoted = 0  # objects promoted unscanned (stop) since the last full collection
+        self._full_seen = 0  # the interpreter's count of full collections when last looked at
         self.collections = 0
         self.collecting_s = 0.0
 
@@ -85,27 +101,41 @@ class GcPacer:
         self._handle = loop.call_later(GC_CHECK_S, self._tick)
 
     def stop(self) -> None:
-        """Stop the checks and enable the automatic collector again."""
+        """Stop the checks, promote or collect what the batch left alive, enable the automatic collector again."""
         if self._handle is None:
             return
         self._handle.cancel()
         self._handle = None
         self._loop = None
+        full = gc.get_stats()[-1]["collections"]
+        if full != self._full_seen:  # the automatic collector ran a full collection since the last stop
+            self._full_seen, self._promoted = full, 0
+        self._promoted += gc.get_count()[0]  # net container allocations since the last collection
+        if not (self._promoted >= GC_MIN_ALLOCS and self._collect_if_due()) and gc.get_freeze_count() == 0:
+            gc.freeze()  # every tracked object to the permanent generation (a list splice) ...
+            gc.unfreeze()  # ... and back into the oldest one: promoted without a scan
         gc.enable()
 
     def _tick(self) -> None:
         if gc.get_count()[0] >= GC_MIN_ALLOCS:
-            blocks = sys.getallocatedblocks()
-            predicted = self._last_took * blocks / self._last_blocks if self._last_blocks else 0.0
-            if time.monotonic() - self._last_end >= predicted / GC_MAX_SHARE:
-                t0 = time.perf_counter()
-                gc.collect()
-                took = time.perf_counter() - t0
-                self.collections += 1
-                self.collecting_s += took
-                self._last_took, self._last_blocks, self._last_end = took, blocks, time.monotonic()
+            self._collect_if_due()
         if self._loop is not None:
             self._handle = self._loop.call_later(GC_CHECK_S, self._tick)
+
+    def _collect_if_due(self) -> bool:
+        """A full collection if the time-share rule allows one now; True if it ran."""
+        blocks = sys.getallocatedblocks()
+        predicted = self._last_took * blocks / self._last_blocks if self._last_blocks else 0.0
+        if time.monotonic() - self._last_end < predicted / GC_MAX_SHARE:
+            return False
+        t0 = time.perf_counter()
+        gc.collect()
+        took = time.perf_counter() - t0
+        self.collections += 1
+        self.collecting_s += took
+        self._last_took, self._last_blocks, self._last_end = took, blocks, time.monotonic()
+        self._promoted, self._full_seen = 0, gc.get_stats()[-1]["collections"]
+        return True
 
 
 _pacer = GcPacer()

@@ -130,3 +130,53 @@ async def test_process_workers_pace_their_collector_and_still_free_cycles() -> N
     async with SharedInfra(executor=ProcessExecutor(workers=1)) as infra:
         res = await Swarm([AgentSpec("w")]).run("t", _WorkerCycles(), infra)
     assert res.outputs[0].answer == "enabled=False freed=True", res.outputs[0].error
+
+
+def _in_generation(obj: object, generation: int) -> bool:
+    return any(o is obj for o in gc.get_objects(generation=generation))
+
+
+async def test_stop_promotes_what_the_window_left_alive_to_the_oldest_generation_unscanned() -> None:
+    pacer = gcpace.GcPacer()
+    pacer.start(asyncio.get_running_loop())
+    gc.collect()
+    survivor: list[Any] = [[]]  # made while the pacer ran, after the last collection (young), alive when it stops
+    assert _in_generation(survivor, 0)
+    pacer.stop()
+    assert gc.isenabled()
+    assert _in_generation(survivor, 2) and not _in_generation(survivor, 0)
+    assert gc.get_count()[0] < 10  # the young generation starts empty: the next young collection scans none of it
+    assert pacer.collections == 0
+
+
+async def test_stop_collects_instead_once_enough_was_promoted_and_cycles_are_freed(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(gcpace, "GC_MIN_ALLOCS", 1000)
+    pacer = gcpace.GcPacer()
+    gc.collect()
+    pacer.start(asyncio.get_running_loop())
+    ref = _cycle()
+    keep = [[] for _ in range(600)]
+    pacer.stop()  # 600 promoted: under the 1000, no collection
+    assert pacer.collections == 0 and ref() is not None  # the cycle waits in the oldest generation
+    pacer.start(asyncio.get_running_loop())
+    keep += [[] for _ in range(600)]
+    pacer.stop()  # 1200 promoted since the last full collection: this stop collects
+    assert pacer.collections == 1 and ref() is None
+    del keep
+
+
+async def test_stop_leaves_objects_the_program_froze_frozen() -> None:
+    gc.collect()
+    frozen: list[Any] = [[]]
+    gc.freeze()
+    try:
+        before = gc.get_freeze_count()
+        assert before > 0
+        pacer = gcpace.GcPacer()
+        pacer.start(asyncio.get_running_loop())
+        pacer.stop()
+        assert gc.get_freeze_count() == before and gc.isenabled()
+        assert not _in_generation(frozen, 2)
+    finally:
+        gc.unfreeze()
