@@ -85,12 +85,9 @@ class Hosts:
     # -- the directory ----------------------------------------------------------------------------------------------
     def register(self, mb: Mailbox, name: str, w: "WorkerHandle") -> dict[str, Any]:
         """``mb.register(name)`` for an agent in worker ``w``: the previous inbox is closed as ``register`` does."""
-        old = mb._inboxes.get(name)
-        if old is not None:
-            old.close()
         hid = self._hid
         self._hid += 1
-        ib = mb._inboxes[name] = self.by_hid[hid] = HostedInbox(self, name, mb.buffer_size, w, hid)
+        ib = self.by_hid[hid] = mb._install(name, HostedInbox(self, name, mb.buffer_size, w, hid))
         return {"$hosted": hid, "cap": ib.capacity}
 
     def route(self, mb: Mailbox, name: str) -> list[Any] | None:
