@@ -26,7 +26,7 @@ import orjson
 from carcore import check_json_value
 
 from ... import tracing as _tracing
-from ...mailbox import Inbox
+from ...mailbox import Inbox, Mailbox
 from ...types import Message
 from .payloads import FRAME_OVERHEAD, decode_value, encode_value, too_big
 
@@ -421,3 +421,21 @@ class RemoteRouter:
     async def send(self, msg: Any, *, timeout_s: float | None = None) -> None:
         await self._w.request({"op": "call", "job": self._job, "object": self._o, "method": "send", "args": [encode_value(msg)],
                                "kwargs": {"timeout_s": timeout_s}})
+
+
+def job_mailbox(w: "WorkerLink", job: int, desc: Mapping[str, Any] | None) -> Any:
+    """The mailbox a job's runner gets, from the job's ``mailbox`` field.
+
+    ``None``: a fresh private :class:`~carmulti.Mailbox`; ``kind == "mailbox"``: a
+    :class:`RemoteMailbox` of the coordinator's mailbox; otherwise a pooled agent's
+    ``PooledMailbox`` over its remote inbox and router.
+    """
+    if desc is None:
+        return Mailbox._fresh()
+    if desc["kind"] == "mailbox":
+        return RemoteMailbox(w, job, desc["object"], desc["buffer_size"])
+    from ...mailbox import PooledMailbox
+
+    aid = desc["agent_id"]
+    return PooledMailbox(aid, RemoteInbox(w, job, desc["inbox"], str(aid), desc["capacity"]),
+                         RemoteRouter(w, job, desc["router"]))

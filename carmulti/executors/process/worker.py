@@ -36,7 +36,6 @@ from ... import _strings as S
 from ... import tracing as _tracing
 from ...errors import ToolError, WireProtocolError
 from ...isolation import AgentContext
-from ...mailbox import Mailbox
 from ...types import AgentSpec
 from ..agent_run import AgentEnvironment, exception_text, run_agent
 from ..base import AgentJob, AgentRun
@@ -44,7 +43,7 @@ from ..gcpace import GcPacer
 from . import wire
 from .peers import Peers
 from .payloads import decode_error, decode_value, encode_value, is_message, output_to_wire, split_batch
-from .proxies import EventSink, RemoteBudget, RemoteInbox, RemoteMailbox, RemoteRouter, RemoteTools, StateView
+from .proxies import EventSink, RemoteBudget, RemoteTools, StateView, job_mailbox
 
 __all__ = ["main"]
 
@@ -130,7 +129,7 @@ class WorkerJob:
     __slots__ = ("worker", "id", "spec", "view", "task", "finished", "stuck", "coordination", "coordination_id", "t0")
 
     def __init__(self, worker: "WorkerProcess", jid: int, spec: AgentSpec, view: StateView,
-                 coordination: WorkerCoordination, coordination_id: int) -> None:
+                 coordination: WorkerCoordination, coordination_id: int, t0: float) -> None:
         self.worker = worker
         self.id = jid
         self.spec = spec
@@ -140,7 +139,7 @@ class WorkerJob:
         self.stuck = False  # ignored its timeout's cancellation: ask to be killed after the result
         self.coordination = coordination
         self.coordination_id = coordination_id
-        self.t0 = time.perf_counter()
+        self.t0 = t0  # time.perf_counter() when its frame arrived
 
     # Bound methods, not per-job closures, for the agent's environment (a worker may hold 500k agents).
     def isolate(self, name: str) -> AgentContext:
@@ -324,8 +323,9 @@ class WorkerProcess:
     def _dispatch(self, body: dict[str, Any], blob: bytes | None) -> None:
         t = body["t"]
         if t == "jobs":
+            t0 = time.perf_counter()  # one float for the frame's jobs (24 bytes per agent in flight otherwise)
             for j in body["jobs"]:
-                self._start_job(j)
+                self._start_job(j, t0)
         elif t == "ret":
             for r in body["replies"]:
                 self._on_reply(r)
@@ -397,7 +397,7 @@ class WorkerProcess:
             fut.set_exception(decode_error(r["err"]))
 
     # -- jobs -------------------------------------------------------------------------------------------------------
-    def _start_job(self, j: dict[str, Any]) -> None:
+    def _start_job(self, j: dict[str, Any], t0: float) -> None:
         jid = j["id"]
         wc = self.coordinations.get(j["infra"])
         runner = self.runners.get(j["runner"])
@@ -412,19 +412,10 @@ class WorkerProcess:
             self._result(jid, AgentRun(None, err, 0.0), None)
             return
         view = StateView(self, j["infra"])
-        job = WorkerJob(self, jid, spec, view, wc, j["infra"])
+        job = WorkerJob(self, jid, spec, view, wc, j["infra"], t0)
         wc.jobs += 1
         self.jobs[jid] = job
-        mb = j.get("mailbox")
-        if mb is None:
-            mailbox: Any = Mailbox._fresh()
-        elif mb["kind"] == "mailbox":
-            mailbox = RemoteMailbox(self, jid, mb["object"], mb["buffer_size"])
-        else:
-            from ...mailbox import PooledMailbox
-
-            mailbox = PooledMailbox(mb["agent_id"], RemoteInbox(self, jid, mb["inbox"], str(mb["agent_id"]),
-                                                                mb["capacity"]), RemoteRouter(self, jid, mb["router"]))
+        mailbox = job_mailbox(self, jid, j.get("mailbox"))
         isolated = j.get("isolated", False)
         timeout_s = j.get("timeout_s")
         agent = AgentJob(spec, j["task"], isolated=isolated, tools=j.get("tools"),
@@ -435,7 +426,8 @@ class WorkerProcess:
                                job.isolate if isolated else None, None if timeout_s is None else job.abandoned,
                                remote=True, trace_context=j.get("trace"))
         tools = RemoteTools(self, jid) if j.get("tool_executor") else None
-        task = job.task = self.loop.create_task(run_agent(runner, agent, env, mailbox=mailbox, tool_executor=tools))
+        task = job.task = self.loop.create_task(  # named after its agent: no name str of its own (64 B per agent)
+            run_agent(runner, agent, env, mailbox=mailbox, tool_executor=tools), name=spec.name)
         task.add_done_callback(job, context=self.callback_context)
 
     def _end(self, job: WorkerJob) -> None:
