@@ -155,7 +155,7 @@ class Runtime:
     """
 
     __slots__ = ("state", "log", "policies", "agent", "budget", "_tools", "_unchecked", "_executor", "_cache",
-                 "tool_calls", "tools_used", "retry_base_delay_s")
+                 "tool_calls", "_tools_used", "retry_base_delay_s")
 
     def __init__(self, state: Any, log: Any = None, policies: PolicyEngine | None = None, *,
                  agent: str | None = None, budget: Any = None) -> None:
@@ -172,8 +172,25 @@ class Runtime:
         self._executor: ToolExecutor | None = None
         self._cache: dict[str, Any] | None = None
         self.tool_calls = 0
-        self.tools_used: list[str] = []
+        self._tools_used: list[str] | None = None  # created on first use, as _unchecked (56 bytes an agent)
         self.retry_base_delay_s = RETRY_BASE_DELAY_S
+
+    @property
+    def tools_used(self) -> list[str]:
+        """Tools executed, in first-use order (the list itself: stays the same object)."""
+        used = self._tools_used
+        if used is None:
+            used = self._tools_used = []
+        return used
+
+    @tools_used.setter
+    def tools_used(self, value: list[str]) -> None:
+        self._tools_used = value
+
+    def _used_tools(self) -> list[str]:
+        """A copy of :attr:`tools_used` (for the agent's output), without creating the list when none ran."""
+        used = self._tools_used
+        return [] if used is None else list(used)
 
     # -- tools -----------------------------------------------------------------
     def register_tool(self, name: str, schema: Mapping[str, Any] | None = None, *, validate: bool = True) -> None:

@@ -153,42 +153,57 @@ def _runtime(job: AgentJob, env: AgentEnvironment,
 
 async def _run_agent(runner: "AgentRunner", job: AgentJob, env: AgentEnvironment, mailbox: Any,
                      tool_executor: "ToolExecutor | None", trace: "_tracing.AgentTrace | None") -> AgentRun:
-    spec = job.spec
+    # Only what lives across the await is a local here: this frame is kept while the agent runs (a million
+    # agents in flight); the setup is in _runtime, the endings in _failed and _finished.
     rt, ctx, recorder = _runtime(job, env, tool_executor)
-    timeout = env.timeout_s
     stepped: _Stepped | None = None
     t0 = time.perf_counter()
     try:
-        coro = runner.run(spec, job.task, rt, mailbox)
+        coro = runner.run(job.spec, job.task, rt, mailbox)
         if trace is not None:
             coro = trace.observe(coro)
         if ctx is not None:
             coro = TaskScope.run(ctx, coro)
-        if timeout is None:
+        if env.timeout_s is None:
             result = await coro
         else:
             stepped = _Stepped(coro)
-            result = await _with_timeout(stepped, timeout, env, spec.name)
-    except asyncio.CancelledError:
+            result = await _with_timeout(stepped, env.timeout_s, env, job.spec.name)
+    except BaseException as exc:  # noqa: BLE001 - agent failures are values (_failed re-raises the others)
+        return _failed(exc, job, env, stepped, t0, ctx)
+    return _finished(result, job, env, rt, ctx, recorder, stepped, t0)
+
+
+def _failed(exc: BaseException, job: AgentJob, env: AgentEnvironment, stepped: "_Stepped | None", t0: float,
+            ctx: AgentContext | None) -> AgentRun:
+    """The run of a runner that raised ``exc`` (the exception rules above); called in the ``except`` block,
+    it re-raises the caller's cancellation and, in the coordinator's process, ``KeyboardInterrupt``."""
+    if isinstance(exc, asyncio.CancelledError):
         task = asyncio.current_task()
         if task is None or task.cancelling():
             raise  # our caller cancelled us
         # the runner itself raised CancelledError (e.g. awaited a task it had cancelled)
         return AgentRun(None, S.RUNNER_CANCELLED, (time.perf_counter() - t0) * 1000.0, ctx)
-    except _Timeout:
-        _warn_if_blocking(stepped, timeout, spec.name)
-        return AgentRun(None, S.TIMEOUT.format(timeout=timeout), (time.perf_counter() - t0) * 1000.0, ctx)
-    except Exception as exc:  # noqa: BLE001 - agent failures are values
+    if isinstance(exc, _Timeout):
+        _warn_if_blocking(stepped, env.timeout_s, job.spec.name)
+        return AgentRun(None, S.TIMEOUT.format(timeout=env.timeout_s), (time.perf_counter() - t0) * 1000.0, ctx)
+    if isinstance(exc, Exception):
         return AgentRun(None, exception_text(exc), (time.perf_counter() - t0) * 1000.0, ctx)
-    except BaseException as exc:  # noqa: BLE001 - SystemExit, GeneratorExit inside a runner: a crashed agent
-        if isinstance(exc, KeyboardInterrupt) and not env.remote:
-            raise  # the user's Ctrl-C; in a worker process it can only come from the runner: that agent fails
-        return AgentRun(None, S.JOIN_ERROR.format(details=f"{type(exc).__name__}: {exc}"),
-                        (time.perf_counter() - t0) * 1000.0, ctx)
+    # SystemExit, GeneratorExit inside a runner: a crashed agent
+    if isinstance(exc, KeyboardInterrupt) and not env.remote:
+        raise  # the user's Ctrl-C; in a worker process it can only come from the runner: that agent fails
+    return AgentRun(None, S.JOIN_ERROR.format(details=f"{type(exc).__name__}: {exc}"),
+                    (time.perf_counter() - t0) * 1000.0, ctx)
+
+
+def _finished(result: Any, job: AgentJob, env: AgentEnvironment, rt: Runtime, ctx: AgentContext | None,
+              recorder: RecordingState | None, stepped: "_Stepped | None", t0: float) -> AgentRun:
+    """The run of a runner that returned ``result``: checked (:func:`check_output`), with its writes when captured."""
     dur = (time.perf_counter() - t0) * 1000.0
-    if stepped is not None and _warn_if_blocking(stepped, timeout, spec.name):
+    timeout = env.timeout_s
+    if stepped is not None and _warn_if_blocking(stepped, timeout, job.spec.name):
         return AgentRun(None, S.TIMEOUT.format(timeout=timeout), dur, ctx)
-    output, err = check_output(result, spec, dur, rt)
+    output, err = check_output(result, job.spec, dur, rt)
     run = AgentRun(output, err, dur, ctx)
     if job.capture_writes and err is None:
         run.writes = recorder.ops if recorder is not None else overlay_writes(ctx) if ctx is not None else []
@@ -373,7 +388,7 @@ def _first_json_problem(v: Any, path: str) -> str | None:
     return None
 
 
-def check_output(result: Any, spec: AgentSpec, duration_ms: float, runtime: Any = None) -> tuple[AgentOutput | None, str | None]:
+def check_output(result: Any, spec: AgentSpec, duration_ms: float, runtime: Runtime | None = None) -> tuple[AgentOutput | None, str | None]:
     """Turn a runner's return value into ``(output, error)``: the one place both executors check it.
 
     * ``str`` becomes ``AgentOutput(name=spec.name, answer=s, turns=1,
@@ -389,7 +404,7 @@ def check_output(result: Any, spec: AgentSpec, duration_ms: float, runtime: Any 
         out = AgentOutput(name=spec.name, answer=result, turns=1, duration_ms=duration_ms)
         if runtime is not None:
             out.tool_calls = runtime.tool_calls
-            out.tools_used = list(runtime.tools_used)
+            out.tools_used = runtime._used_tools()
         return out, None
     if isinstance(result, AgentOutput):
         problem = output_problem(result)
