@@ -113,3 +113,27 @@ def test_message_defaults_and_round_trip():
 )
 def test_truncate_examples(s, n, out):
     assert truncate(s, n) == out
+
+
+def test_bulk_copies_without_tools_or_metadata_share_read_only_empties() -> None:
+    import pickle
+
+    from carmulti.types import _NO_METADATA, _NO_TOOLS
+
+    clones = [AgentSpec("m").with_name(f"m_{i}") for i in range(3)] + [AgentSpec.from_dict({"name": "w"})]
+    for c in clones:
+        assert c.tools is _NO_TOOLS and c.metadata is _NO_METADATA  # no list and dict of their own
+        assert c.tools == [] and c.metadata == {} and isinstance(c.metadata, dict)
+        with pytest.raises(TypeError, match=r"with_metadata\(key, value\)"):
+            c.metadata["k"] = 1
+        with pytest.raises(TypeError, match=r"with_tools"):
+            c.tools.append("t")
+    assert _NO_TOOLS == [] and _NO_METADATA == {}  # nothing got in
+    back = pickle.loads(pickle.dumps(clones[0]))  # shipped to a worker: plain containers again
+    assert type(back.tools) is list and type(back.metadata) is dict and back == clones[0]
+    own = AgentSpec("m", tools=["t"], metadata={"k": 1}).with_name("m_0")
+    assert type(own.tools) is list and type(own.metadata) is dict and own.metadata == {"k": 1}
+    assert clones[0].with_metadata("k", 1).metadata == {"k": 1} and clones[0].with_tools(["t"]).tools == ["t"]
+    decoded = AgentSpec.from_dict({"name": "w", "tools": ["t"], "metadata": {"k": 1}})
+    decoded.tools.append("u")  # a decoded spec with tools has a list of its own
+    assert decoded.tools == ["t", "u"] and _NO_TOOLS == []
