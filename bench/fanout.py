@@ -322,10 +322,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="per-agent latency, e.g. 50ms..500ms (default 0)")
     p.add_argument("--concurrency", type=int, default=None,
                    help="run a MapReduce with max_concurrent=C instead of one parallel Swarm")
-    p.add_argument("--max-wall-ratio", type=float, default=1.1, metavar="R",
-                   help="with --latency: target wall time at most R x the ideal (default 1.1)")
+    p.add_argument("--max-wall-ratio", type=float, default=None, metavar="R",
+                   help="with --latency: target wall time at most R x the ideal (default 2 when every agent is "
+                        "in flight at once, --concurrency >= --agents, as issue 13's million-agent run; else 1.1)")
     p.add_argument("--max-rss-mib", type=float, default=None, metavar="MIB",
-                   help="with --latency: target peak RSS of coordinator + workers at most MIB (e.g. 4096)")
+                   help="with --latency: target peak RSS of coordinator + workers below MIB (default 4096 when every "
+                        "agent is in flight at once; else none)")
     p.add_argument("--batch-size", type=int, default=512, help="ProcessExecutor batch_size (default 512)")
     p.add_argument("--peers", action="store_true", help="also LangGraph (local) / Ray (process): pip install '.[bench-peers]'")
     p.add_argument("--plot", metavar="PNG", default=None, help="sweep N and draw agents/s and peak RSS against N")
@@ -336,6 +338,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     n, lo, hi = args.agents, args.latency[0], args.latency[1]
     conc = args.concurrency
+    all_at_once = conc is not None and conc >= n  # issue 13: wall <= 2x the ideal and peak RSS < 4 GiB
+    if args.max_wall_ratio is None:
+        args.max_wall_ratio = 2.0 if all_at_once else 1.1
+    if args.max_rss_mib is None and all_at_once:
+        args.max_rss_mib = 4096.0
     shape = f"MapReduce(max_concurrent={conc})" if conc else "parallel Swarm"
     report = Report("fanout", {"executor": args.executor, "agents": n, "workers": args.workers if args.executor == "process" else None,
                                "latency_s": [lo, hi], "pattern": shape, "repeat": args.repeat})
