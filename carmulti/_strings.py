@@ -54,6 +54,17 @@ SUPERVISOR_REVIEW = (
 # -- map-reduce (port's choice; spec 4.6 recommendations) ------------------------
 MAPPER_NAME = "{name}_{i}"
 MAPPER_TASK = "{task}\n\nItem:\n{item}"
+
+
+def mapper_name_head(name: str) -> str:
+    """:data:`MAPPER_NAME` up to ``{i}`` (it ends the template): mapper ``i`` is ``head + str(i)``."""
+    return MAPPER_NAME.partition("{i}")[0].format(name=name)
+
+
+def mapper_task_head(task: str) -> str:
+    """:data:`MAPPER_TASK` up to ``{item}`` (it ends the template): the mapper of ``item`` gets ``head + item``."""
+    return MAPPER_TASK.partition("{item}")[0].format(task=task)
+
 REDUCER_TASK = "{task}\n\nMapper outputs:\n{lines}"
 
 # -- vote (port's choice; spec 4.7 recommendations) -----------------------------

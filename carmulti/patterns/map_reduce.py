@@ -321,6 +321,8 @@ class MapReduce:
         --concurrency 1000000``).
         """
         mapper, isolated = self.mapper, self.isolated
+        # S.MAPPER_NAME / S.MAPPER_TASK by concatenation: two format calls less per mapper (0.4 us)
+        name_head, task_head = S.mapper_name_head(mapper.name), S.mapper_task_head(task)
         pending: list[asyncio.Future[None]] = []
 
         async def settle(start: int, jobs: list[AgentJob]) -> None:
@@ -328,8 +330,7 @@ class MapReduce:
 
         try:
             for start in range(0, len(items), MAP_SLICE):
-                jobs = [AgentJob(mapper.with_name(S.MAPPER_NAME.format(name=mapper.name, i=i)),
-                                 S.MAPPER_TASK.format(task=task, item=items[i]), isolated=isolated)
+                jobs = [AgentJob(mapper.with_name(name_head + str(i)), task_head + items[i], isolated=isolated)
                         for i in range(start, min(start + MAP_SLICE, len(items)))]
                 pending.append(asyncio.ensure_future(settle(start, jobs)))
                 await asyncio.sleep(0)  # this slice is gated and starts before the next one is built

@@ -188,3 +188,12 @@ async def test_max_concurrent_respected_local_only(limit):
     assert tracker.max_seen == limit
     assert tracker.calls == 11  # 10 mappers + 1 reducer
     assert len(result.map_outputs) == 10 and result.all_succeeded
+
+
+@pytest.mark.parametrize("name, task, item, i", [("m", "t", "x", 0), ("a{b}", "{task} {}", "{item}", 12345), ("é", "", "", 7)])
+def test_mapper_heads_reproduce_the_templates(name: str, task: str, item: str, i: int) -> None:
+    from carmulti import _strings as S
+
+    # the all-at-once map path names and tasks a million mappers by concatenation, not format calls
+    assert S.mapper_name_head(name) + str(i) == S.MAPPER_NAME.format(name=name, i=i)
+    assert S.mapper_task_head(task) + item == S.MAPPER_TASK.format(task=task, item=item)
