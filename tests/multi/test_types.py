@@ -137,3 +137,27 @@ def test_bulk_copies_without_tools_or_metadata_share_read_only_empties() -> None
     decoded = AgentSpec.from_dict({"name": "w", "tools": ["t"], "metadata": {"k": 1}})
     decoded.tools.append("u")  # a decoded spec with tools has a list of its own
     assert decoded.tools == ["t", "u"] and _NO_TOOLS == []
+
+
+def test_with_name_copies_every_field() -> None:
+    import dataclasses
+
+    spec = AgentSpec("m", system_prompt="sp", tools=["t"], max_turns=3, metadata={"k": [1]}, cache_control=True)
+    copy = spec.with_name("m_1")
+    assert copy == dataclasses.replace(spec, name="m_1")  # a field added to AgentSpec must be copied too
+    assert copy.tools is not spec.tools and copy.metadata is not spec.metadata
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        copy.name = "x"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("d", [{"name": "w"}, {"name": "w", "max_turns": 10}, {"name": "w", "tools": [], "metadata": {}}])
+def test_from_dict_of_a_name_is_the_default_spec(d: dict) -> None:
+    assert AgentSpec.from_dict(d) == AgentSpec("w")  # the name-only fast path and the full path agree
+
+
+@pytest.mark.parametrize("d", [{"name": ""}, {"name": 3}, {"name": None}])
+def test_from_dict_of_a_bad_name_raises_as_the_constructor(d: dict) -> None:
+    with pytest.raises(ValueError, match="AgentSpec.name must be a non-empty str"):
+        AgentSpec.from_dict(d)
+    with pytest.raises(KeyError):
+        AgentSpec.from_dict({"nam": "w"})
