@@ -521,7 +521,6 @@ cdef class StateStore(_StateView):
         return len(self._log)
 
 
-
 cdef class Overlay(_StateView):
     """Copy-on-write child of a :class:`StateStore` or of another :class:`Overlay`.
 

@@ -39,7 +39,7 @@ import zmq
 
 from .. import _validate as V
 from .process.executor import ProcessExecutor
-from .process.launching import Launcher, WorkerProcessHandle
+from .process.launching import Launcher
 from .process.transport import Transport
 
 if TYPE_CHECKING:
