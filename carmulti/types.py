@@ -301,7 +301,7 @@ class AgentSpec:
         if len(d) == 1 and cls is AgentSpec:  # {"name": ...}: how a worker gets most specs (encode_spec)
             name = d["name"]
             if isinstance(name, str) and name:  # else the constructor's error below
-                return _named_spec(name)
+                return _DEFAULT_SPEC._copy(name, _DEFAULT_SPEC.system_prompt, _NO_METADATA)
         tools = d.get("tools")
         return cls(
             name=d["name"],
@@ -319,16 +319,8 @@ _new_spec = object.__new__
     AgentSpec.__dict__[f].__set__ for f in ("name", "system_prompt", "tools", "max_turns", "metadata", "cache_control"))
 
 
-def _named_spec(name: str) -> AgentSpec:
-    """``AgentSpec(name)`` for a valid ``name``, without ``__init__`` and ``__post_init__`` (a third of the time)."""
-    new = _new_spec(AgentSpec)
-    _set_name(new, name)
-    _set_system_prompt(new, "")
-    _set_tools(new, _NO_TOOLS)
-    _set_max_turns(new, 10)
-    _set_metadata(new, _NO_METADATA)
-    _set_cache_control(new, False)
-    return new
+#: The class's defaults, which from_dict's name-only path copies (``AgentSpec(name)`` without ``__init__``).
+_DEFAULT_SPEC = AgentSpec("default")
 
 
 @dataclass
