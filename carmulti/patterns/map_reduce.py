@@ -160,6 +160,7 @@ class MapReduce:
         drained: list[asyncio.Future[None] | None] = [None]
         loop = asyncio.get_running_loop()
         mapper, isolated = self.mapper, self.isolated
+        name_head, task_head = S.mapper_name_head(mapper.name), S.mapper_task_head(task)  # as in _map_all
         error: list[BaseException] = []
         counter = [0]
         pump: asyncio.Task[None] | None = None
@@ -203,12 +204,12 @@ class MapReduce:
                 if not isinstance(item, str):
                     error.append(TypeError(f"MapReduce items[{i}] must be a str, got {type(item).__name__}"))
                     return
-                name = S.MAPPER_NAME.format(name=mapper.name, i=i)
+                name = name_head + str(i)
                 skipped = reserve(infra, name)
                 if skipped is not None:
                     out = skipped
                 else:
-                    job = AgentJob(mapper.with_name(name), S.MAPPER_TASK.format(task=task, item=item), isolated=isolated)
+                    job = AgentJob(mapper.with_name(name), task_head + item, isolated=isolated)
                     out = conclude(infra, await run_one(infra, runner, job), name)
                 while queue.qsize() >= limit:
                     fut = drained[0]

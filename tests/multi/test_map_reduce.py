@@ -194,6 +194,6 @@ async def test_max_concurrent_respected_local_only(limit):
 def test_mapper_heads_reproduce_the_templates(name: str, task: str, item: str, i: int) -> None:
     from carmulti import _strings as S
 
-    # the all-at-once map path names and tasks a million mappers by concatenation, not format calls
+    # both map paths (all at once, streamed) name and task their mappers by concatenation, not format calls
     assert S.mapper_name_head(name) + str(i) == S.MAPPER_NAME.format(name=name, i=i)
     assert S.mapper_task_head(task) + item == S.MAPPER_TASK.format(task=task, item=item)
