@@ -444,3 +444,16 @@ def test_carmulti_run_drives_a_pattern():
             return await Swarm([AgentSpec("a")]).run("sync", MockRunner(), infra)
 
     assert carmulti.run(main()).final_summary == "answer from a for: sync"
+
+
+async def test_tools_used_is_made_on_first_use_and_stays_one_list(infra):
+    rt = runtime_with(infra, Recorder())
+    assert rt._used_tools() == [] and rt._tools_used is None  # reading the output copy creates nothing
+    used = rt.tools_used
+    assert used == [] and rt.tools_used is used  # the same list on every read
+    await rt.execute(proposal(Action.tool_call("a1", "t", {})))
+    assert used == ["t"]
+    copy = rt._used_tools()
+    assert copy == ["t"] and copy is not used
+    rt.tools_used = ["x"]  # assignable, as the plain attribute it replaced
+    assert rt.tools_used == ["x"] and rt._used_tools() == ["x"]
