@@ -8,7 +8,9 @@ merge its isolated overlay, record its spend and write ``agent.{name}.answer``
 :func:`run_load_bearing` and :func:`run_finalizer` are the two variants the
 patterns need for agents they cannot do without, or can. Also owns the outputs
 of agents that never ran (:func:`failed_output`, :func:`workspace_failed_output`)
-and the mailbox a group of agents shares (:func:`shared_mailbox`). Every run that comes back,
+and the mailbox a group of agents shares (:func:`shared_mailbox`). A big round is paced as a whole
+(:func:`paced`, re-exported from :mod:`carmulti.executors.gcpace`): the collector's automatic runs
+are off from building its jobs to concluding its runs. Every run that comes back,
 every refusal and every workspace failure is reported to :mod:`carmulti.progress` while a
 progress display runs for the coordination (one empty-dict test per agent otherwise).
 
@@ -25,6 +27,7 @@ from . import progress
 from .budget import budget_skipped_output
 from .errors import AgentFailed, BudgetError, BudgetExhausted
 from .executors.base import AgentJob, AgentRun, Coordination
+from .executors.gcpace import paced
 from .mailbox import Mailbox
 from .types import AgentOutput, AgentSpec
 
@@ -32,8 +35,8 @@ if TYPE_CHECKING:
     from .infra import SharedInfra
     from .runner import AgentRunner
 
-__all__ = ["admit", "conclude", "failed_output", "publish", "reserve", "run_finalizer", "run_load_bearing",
-           "run_many", "run_one", "shared_mailbox", "workspace_failed_output"]
+__all__ = ["admit", "conclude", "failed_output", "paced", "publish", "reserve", "run_finalizer", "run_load_bearing",
+           "run_many", "run_one", "run_round", "shared_mailbox", "workspace_failed_output"]
 
 
 def failed_output(name: str, error: str, duration_ms: float = 0.0) -> AgentOutput:
@@ -188,6 +191,8 @@ async def run_round(infra: "SharedInfra", runner: "AgentRunner", jobs: Sequence[
 
     A job the budget refuses gets its budget-skipped output (:func:`reserve`) and does not run; the
     others run as one :func:`run_many` and are concluded (:func:`conclude`, published on success).
+    The collector is paced from gating to concluding (:func:`paced`); a caller that builds a big
+    list of jobs builds it under ``paced`` too.
 
     Args:
         timeout_s: As for :func:`run_one`, for every job.
@@ -195,21 +200,22 @@ async def run_round(infra: "SharedInfra", runner: "AgentRunner", jobs: Sequence[
     Returns:
         One output per job, in job order.
     """
-    if infra.max_turns is None and infra.budget.begin_agents(len(jobs)):  # nothing can refuse a job: one reservation
-        runs = await run_many(infra, runner, jobs, timeout_s=timeout_s)
-        return [conclude(infra, run, job.spec.name) for job, run in zip(jobs, runs)]
-    slots: list[AgentOutput | int] = []
-    admitted: list[AgentJob] = []
-    for job in jobs:
-        skipped = reserve(infra, job.spec.name)
-        if skipped is not None:
-            slots.append(skipped)
-        else:
-            slots.append(len(admitted))
-            admitted.append(job)
-    runs = await run_many(infra, runner, admitted, timeout_s=timeout_s)
-    return [slot if isinstance(slot, AgentOutput) else conclude(infra, runs[slot], job.spec.name)
-            for job, slot in zip(jobs, slots)]
+    with paced(len(jobs)):
+        if infra.max_turns is None and infra.budget.begin_agents(len(jobs)):  # nothing can refuse a job: one reservation
+            runs = await run_many(infra, runner, jobs, timeout_s=timeout_s)
+            return [conclude(infra, run, job.spec.name) for job, run in zip(jobs, runs)]
+        slots: list[AgentOutput | int] = []
+        admitted: list[AgentJob] = []
+        for job in jobs:
+            skipped = reserve(infra, job.spec.name)
+            if skipped is not None:
+                slots.append(skipped)
+            else:
+                slots.append(len(admitted))
+                admitted.append(job)
+        runs = await run_many(infra, runner, admitted, timeout_s=timeout_s)
+        return [slot if isinstance(slot, AgentOutput) else conclude(infra, runs[slot], job.spec.name)
+                for job, slot in zip(jobs, slots)]
 
 
 async def _dispatch(infra: "SharedInfra", runner: "AgentRunner", jobs: Sequence[AgentJob],

@@ -32,7 +32,7 @@ import time
 from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, ContextManager, Iterator, Sequence, TextIO, TypeVar
 
 from .executors.base import AgentJob, AgentRun
-from .executors.gcpace import GC_RELAX_AT, gc_relax, gc_restore
+from .executors.gcpace import paced
 from .types import AgentOutput
 
 if TYPE_CHECKING:
@@ -179,10 +179,7 @@ async def run_batch(counts: ProgressCounts, run: Callable[[Sequence[AgentJob]], 
             counts.add_run(r)
         return runs
 
-    big = n >= GC_RELAX_AT  # the slices are smaller than the executor's own threshold
-    if big:
-        gc_relax()
-    try:
+    with paced(n):  # the slices are smaller than the executor's own threshold
         tasks = [asyncio.ensure_future(one_slice(jobs[i:i + size])) for i in range(0, n, size)]
         try:
             parts = await asyncio.gather(*tasks)
@@ -191,9 +188,6 @@ async def run_batch(counts: ProgressCounts, run: Callable[[Sequence[AgentJob]], 
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
-    finally:
-        if big:
-            gc_restore()
     return [r for part in parts for r in part]
 
 

@@ -15,7 +15,7 @@ from .. import _validate as V
 from ..mailbox import Mailbox
 from .agent_run import AgentEnvironment, run_agent
 from .base import AgentJob, AgentRun, Coordination
-from .gcpace import GC_RELAX_AT, gc_relax, gc_restore
+from .gcpace import paced
 
 if TYPE_CHECKING:
     from ..runner import AgentRunner
@@ -73,16 +73,10 @@ class LocalExecutor:
         if len(jobs) <= 1:
             return [await self.run_agent(runner, jobs[0], coordination)] if jobs else []
         env = self._environment(coordination)
-        big = len(jobs) >= GC_RELAX_AT
-        if big:
-            gc_relax()
-        try:
+        with paced(len(jobs)):
             return list(await asyncio.gather(*[
                 run_agent(runner, job, env, mailbox=job.mailbox if job.mailbox is not None else Mailbox._fresh(),
                           tool_executor=job.tool_executor) for job in jobs]))
-        finally:
-            if big:
-                gc_restore()
 
     def run_agent(self, runner: "AgentRunner", job: AgentJob,
                   coordination: Coordination) -> Coroutine[Any, Any, AgentRun]:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from .. import tracing
 from .._validate import seconds
 from ..executors.base import AgentJob
-from ..lifecycle import run_round, shared_mailbox
+from ..lifecycle import paced, run_round, shared_mailbox
 from ..progress import display as progress_display
 from ..runner import check_runner
 from ..types import AgentOutput, AgentSpec
@@ -111,7 +111,8 @@ class Fleet:
     async def _run(self, runner: "AgentRunner", infra: "SharedInfra") -> FleetResult:
         t0 = time.perf_counter()
         mailbox = shared_mailbox()
-        outputs = await run_round(infra, runner, [AgentJob(spec, spec.system_prompt, mailbox=mailbox)
-                                                  for spec in self.agents], timeout_s=self.agent_timeout_s)
+        with paced(len(self.agents)):  # the jobs are built paced too
+            outputs = await run_round(infra, runner, [AgentJob(spec, spec.system_prompt, mailbox=mailbox)
+                                                      for spec in self.agents], timeout_s=self.agent_timeout_s)
         ok = sum(1 for o in outputs if o.succeeded)
         return FleetResult(outputs, (time.perf_counter() - t0) * 1000.0, ok, len(outputs) - ok)

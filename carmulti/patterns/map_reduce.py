@@ -32,7 +32,7 @@ from .. import _strings as S
 from .. import tracing
 from .._validate import int_at_least
 from ..executors.base import AgentJob
-from ..lifecycle import conclude, reserve, run_load_bearing, run_one, run_round
+from ..lifecycle import conclude, paced, reserve, run_load_bearing, run_one, run_round
 from ..progress import display as progress_display
 from ..progress import follow as follow_progress
 from ..runner import check_runner
@@ -288,26 +288,27 @@ class MapReduce:
         n = len(items)
         if n == 0:
             return MapReduceResult(task, [], "")
-        outputs: list[AgentOutput | None] = [None] * n
-        if self.max_concurrent >= n:  # every mapper at once: slices of MAP_SLICE, no feeder task per item
-            await self._map_all(task, items, runner, infra, outputs)
-        else:
-            async for i, out in self.stream(task, items, runner, infra):
-                outputs[i] = out
-        map_outputs: list[AgentOutput] = outputs  # type: ignore[assignment]  # every slot is filled
-        result = MapReduceResult(task, map_outputs, "")
-        entries = [(o.name, o.answer) for o in map_outputs if o.succeeded]
-        k = self.reduce_fan_in
-        level = 0
-        while k is not None and len(entries) > k:
-            level += 1
-            chunks = [entries[j:j + k] for j in range(0, len(entries), k)]
-            outs = await self._reduce_level(task, chunks, level, runner, infra, result)
-            result.reduce_outputs.extend(outs)
-            entries = [(o.name, o.answer) for o in outs]
-        out = await run_load_bearing(infra, runner, AgentJob(self.reducer, _reducer_task(task, entries)), partial=result)
-        result.reduced_answer = out.answer
-        return result
+        with paced(min(n, self.max_concurrent)):  # as many in flight; the jobs, outputs and entries too
+            outputs: list[AgentOutput | None] = [None] * n
+            if self.max_concurrent >= n:  # every mapper at once: slices of MAP_SLICE, no feeder task per item
+                await self._map_all(task, items, runner, infra, outputs)
+            else:
+                async for i, out in self.stream(task, items, runner, infra):
+                    outputs[i] = out
+            map_outputs: list[AgentOutput] = outputs  # type: ignore[assignment]  # every slot is filled
+            result = MapReduceResult(task, map_outputs, "")
+            entries = [(o.name, o.answer) for o in map_outputs if o.succeeded]
+            k = self.reduce_fan_in
+            level = 0
+            while k is not None and len(entries) > k:
+                level += 1
+                chunks = [entries[j:j + k] for j in range(0, len(entries), k)]
+                outs = await self._reduce_level(task, chunks, level, runner, infra, result)
+                result.reduce_outputs.extend(outs)
+                entries = [(o.name, o.answer) for o in outs]
+            out = await run_load_bearing(infra, runner, AgentJob(self.reducer, _reducer_task(task, entries)), partial=result)
+            result.reduced_answer = out.answer
+            return result
 
     async def _map_all(self, task: str, items: list[str], runner: "AgentRunner", infra: "SharedInfra",
                        outputs: list[AgentOutput | None]) -> None:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from .. import _strings as S
 from .. import tracing
 from ..executors.base import AgentJob, AgentRun
-from ..lifecycle import (conclude, reserve, run_finalizer, run_one, run_round, shared_mailbox,
+from ..lifecycle import (conclude, paced, reserve, run_finalizer, run_one, run_round, shared_mailbox,
                          workspace_failed_output)
 from ..progress import display as progress_display
 from ..runner import check_runner
@@ -145,30 +145,31 @@ class Swarm:
                                 isolated: bool, workspaces: WorkspaceConfig | None) -> list[AgentOutput]:
         """One parallel round: every agent gated, run at once, concluded in agent order."""
         mailbox = shared_mailbox()
-        if workspaces is None:
-            return await run_round(infra, runner, [AgentJob(spec, task, isolated=isolated, mailbox=mailbox)
-                                                   for spec in agents])
-        slots: list[AgentOutput | int] = []
-        jobs: list[AgentJob] = []
-        spaces: list[AgentWorkspace | None] = []
-        for spec in agents:
-            # Before the budget reservation, so a provisioning failure burns no slot.
-            try:
-                ws = await _provision(workspaces, spec.name)
-            except WorkspaceError as err:
-                slots.append(workspace_failed_output(spec.name, err, infra))
-                continue
-            skipped = reserve(infra, spec.name)
-            if skipped is not None:
-                await _release(ws)
-                slots.append(skipped)
-                continue
-            slots.append(len(jobs))
-            jobs.append(AgentJob(ws.inject(spec), task, isolated=isolated, mailbox=mailbox))
-            spaces.append(ws)
-        runs = list(await asyncio.gather(*[_run_in_workspace(runner, j, ws, infra) for j, ws in zip(jobs, spaces)]))
-        return [slot if isinstance(slot, AgentOutput) else conclude(infra, runs[slot], spec.name)
-                for spec, slot in zip(agents, slots)]
+        with paced(len(agents)):  # the jobs are built and the runs concluded paced too
+            if workspaces is None:
+                return await run_round(infra, runner, [AgentJob(spec, task, isolated=isolated, mailbox=mailbox)
+                                                       for spec in agents])
+            slots: list[AgentOutput | int] = []
+            jobs: list[AgentJob] = []
+            spaces: list[AgentWorkspace | None] = []
+            for spec in agents:
+                # Before the budget reservation, so a provisioning failure burns no slot.
+                try:
+                    ws = await _provision(workspaces, spec.name)
+                except WorkspaceError as err:
+                    slots.append(workspace_failed_output(spec.name, err, infra))
+                    continue
+                skipped = reserve(infra, spec.name)
+                if skipped is not None:
+                    await _release(ws)
+                    slots.append(skipped)
+                    continue
+                slots.append(len(jobs))
+                jobs.append(AgentJob(ws.inject(spec), task, isolated=isolated, mailbox=mailbox))
+                spaces.append(ws)
+            runs = list(await asyncio.gather(*[_run_in_workspace(runner, j, ws, infra) for j, ws in zip(jobs, spaces)]))
+            return [slot if isinstance(slot, AgentOutput) else conclude(infra, runs[slot], spec.name)
+                    for spec, slot in zip(agents, slots)]
 
     # -- sequential --------------------------------------------------------------
     async def _run_sequential(self, task: str, runner: "AgentRunner", infra: "SharedInfra") -> SwarmResult:

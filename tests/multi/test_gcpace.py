@@ -13,8 +13,9 @@ from typing import Any, Iterator
 
 import pytest
 
-from carmulti import AgentOutput, AgentSpec, ProcessExecutor, SharedInfra, Swarm
+from carmulti import AgentOutput, AgentSpec, Fleet, MapReduce, ProcessExecutor, SharedInfra, Swarm
 from carmulti.executors import gcpace
+from carmulti.testing import EchoRunner
 
 
 class _Node:
@@ -108,6 +109,48 @@ async def test_a_big_local_batch_runs_paced_and_gives_the_collector_back() -> No
         small = await Swarm([AgentSpec("b0"), AgentSpec("b1")]).run("t", _GcProbe(), infra)
     assert {o.answer for o in res.outputs} == {"False"}
     assert {o.answer for o in small.outputs} == {"True"}  # small batches leave the collector as it is
+    assert gc.isenabled() and not gcpace._pacer.running
+
+
+def _young_collections() -> tuple[list[int], Any]:
+    """A list that gets a generation for every automatic young or middle collection, and its gc callback."""
+    seen: list[int] = []
+
+    def callback(phase: str, info: dict[str, int]) -> None:
+        if phase == "start" and info["generation"] < 2:
+            seen.append(info["generation"])
+    return seen, callback
+
+
+@pytest.mark.parametrize("pattern", ["swarm", "fleet", "map_reduce"])
+async def test_a_big_round_is_paced_from_building_its_jobs_to_concluding_them(pattern: str) -> None:
+    # Building the jobs and concluding the runs allocate as much as running them: with the automatic
+    # collector on there, every young collection rescans the round's survivors.
+    n = 3 * gcpace.GC_RELAX_AT
+    specs = [AgentSpec(f"a{i}", system_prompt="p") for i in range(n)]
+    coordination: Any
+    if pattern == "swarm":
+        coordination = Swarm(specs)
+    elif pattern == "fleet":
+        coordination = Fleet(specs)
+    else:
+        coordination = MapReduce(AgentSpec("m"), AgentSpec("r"), max_concurrent=n)
+    seen, callback = _young_collections()
+    async with SharedInfra() as infra:
+        gc.collect()
+        gc.callbacks.append(callback)
+        try:
+            if pattern == "map_reduce":
+                res: Any = await coordination.run("t", ["x"] * n, EchoRunner(), infra)
+                outputs = res.map_outputs
+            elif pattern == "fleet":
+                outputs = (await coordination.run(EchoRunner(), infra)).outputs
+            else:
+                outputs = (await coordination.run("t", EchoRunner(), infra)).outputs
+        finally:
+            gc.callbacks.remove(callback)
+    assert len(outputs) == n and all(o.succeeded for o in outputs)
+    assert seen == [], f"{len(seen)} automatic young collections during a paced round of {n} agents"
     assert gc.isenabled() and not gcpace._pacer.running
 
 

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 from ... import _validate as V
 from ...errors import WireProtocolError
 from ..base import AgentJob, AgentRun, Coordination
-from ..gcpace import GC_RELAX_AT, gc_relax, gc_restore
+from ..gcpace import paced
 from . import wire
 from .records import Batch, PendingJob, ProcessConfig, RunState, WorkerHandle
 from .scheduling import Scheduler
@@ -394,10 +394,7 @@ class ProcessExecutor:
         if not self._state.running:
             await self.start()
         self._check_usable()
-        big = len(jobs) >= GC_RELAX_AT
-        if big:
-            gc_relax()
-        try:
+        with paced(len(jobs)):
             fut: asyncio.Future[list[AgentRun]] = self._state.loop.create_future()  # type: ignore[union-attr]
             ps = self._jobs.submit(runner, jobs, coordination, Batch(len(jobs), fut))
             try:
@@ -406,9 +403,6 @@ class ProcessExecutor:
                 for p in ps:
                     self._jobs.cancel(p)
                 raise
-        finally:
-            if big:
-                gc_restore()
 
     # -- what goes out, once per loop iteration ---------------------------------------------------------------------
     def _flush(self) -> None:
