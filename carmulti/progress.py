@@ -31,6 +31,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, ContextManager, Iterator, Sequence, TextIO, TypeVar
 
+from ._aio import cancel_and_wait
 from .executors.base import AgentJob, AgentRun
 from .executors.gcpace import paced
 from .types import AgentOutput
@@ -184,9 +185,7 @@ async def run_batch(counts: ProgressCounts, run: Callable[[Sequence[AgentJob]], 
         try:
             parts = await asyncio.gather(*tasks)
         except BaseException:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await cancel_and_wait(tasks)
             raise
     return [r for part in parts for r in part]
 

@@ -42,6 +42,7 @@ from typing import Any, Mapping, Protocol, runtime_checkable
 import orjson
 
 from . import actions as _actions
+from ._aio import cancel_and_wait
 from . import tracing as _tracing
 from .actions import (  # "X as X": an explicit re-export, which type checkers see (they do not follow ``__all__ +=``)
     _OPERATORS,
@@ -431,9 +432,7 @@ class Runtime:
             try:
                 done = list(await asyncio.gather(*tasks))
             except BaseException:
-                for t in tasks:
-                    t.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+                await cancel_and_wait(tasks)
                 raise
         for action, slot in zip(group, slots):
             res = slot if isinstance(slot, ActionResult) else done[slot]

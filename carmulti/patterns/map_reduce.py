@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterable, AsyncIterator, Iterable, S
 
 from .. import _strings as S
 from .. import tracing
+from .._aio import cancel_and_wait
 from .._validate import int_at_least
 from ..executors.base import AgentJob
 from ..lifecycle import conclude, paced, reserve, run_load_bearing, run_one, run_round
@@ -230,9 +231,7 @@ class MapReduce:
                     if not t.cancelled() and t.exception() is not None:
                         raise t.exception()  # type: ignore[misc]
             except asyncio.CancelledError:
-                for t in tasks:
-                    t.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+                await cancel_and_wait(tasks)
                 raise
             finally:
                 queue.put_nowait(None)
@@ -338,9 +337,7 @@ class MapReduce:
                 await asyncio.sleep(0)  # this slice is gated and starts before the next one is built
             await asyncio.gather(*pending)
         except BaseException:
-            for fut in pending:
-                fut.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+            await cancel_and_wait(pending)
             raise
 
     async def _reduce_level(self, task: str, chunks: list[list[tuple[str, str]]], level: int,
