@@ -5,7 +5,9 @@ of the same runner coroutine on uvloop. ``--executor process``: carmulti's
 ``ProcessExecutor`` vs a stdlib ``concurrent.futures.ProcessPoolExecutor`` with
 the same worker count and one future per agent (``loop.run_in_executor``), and
 vs raw pyzmq DEALER/ROUTER pipelined round trips with the per-agent frame size
-(the transport's ceiling for one message per agent). ``--executor ray``:
+(the transport's ceiling for one message per agent), and vs a minimal engine
+(``bench/minimal_engine.py``: the same workers, frames and transport, one
+asyncio task per agent and nothing else; the engine-overhead ceiling). ``--executor ray``:
 carmulti's ``RayExecutor`` on a local Ray vs one Ray task per agent and
 ``ray.util.ActorPool`` on the same Ray; ``--nodes N`` runs it on a local
 ``Cluster`` of 1..N nodes and reports agents/s per node count. ``--peers`` adds LangGraph
@@ -40,6 +42,7 @@ from carmulti import AgentSpec, LocalExecutor, MapReduce, ProcessExecutor, RayEx
 
 from ._report import Report, Row, add_common_arguments, median, progress, repeats
 from ._util import RssSampler
+from .minimal_engine import minimal_engine
 
 PHI = (math.sqrt(5) - 1) / 2
 
@@ -396,6 +399,11 @@ def main(args: argparse.Namespace) -> int:
             raw = _raw_zmq(n, size, args.repeat, tick)
         report.add(Row(label, median(ours), "agents/s", median(raw), f"raw pyzmq DEALER/ROUTER, {size} B round trips", ours, raw,
                        target=0.8, min_value=100_000))
+        with progress("fanout", "minimal engine", args.repeat) as tick:
+            least = minimal_engine(n, args.workers, args.batch_size, args.repeat, tick)
+        report.add(Row(label, median(ours), "agents/s", median(least),
+                       f"minimal engine: {args.workers} workers, asyncio task per agent, orjson frames over pyzmq",
+                       ours, least, note="what carmulti adds per agent costs the rest (bench/minimal_engine.py)"))
         if args.peers:
             from . import peers
 

@@ -119,11 +119,21 @@ def test_fanout_local_with_langgraph_peer_and_plot(tmp_path: Path) -> None:
     assert all(r["agents_per_s"] > 0 and r["peak_rss_mib"] > 0 for r in sweep)
 
 
-def test_fanout_process_against_pool_and_raw_zmq(tmp_path: Path) -> None:
+def test_fanout_process_against_pool_raw_zmq_and_the_minimal_engine(tmp_path: Path) -> None:
     _, data = _bench(tmp_path, "fanout", "--executor", "process", "--workers", "2", "--agents", "500", "--repeat", "1")
     names = [r["baseline_name"] for r in data["rows"]]
     assert names[0].startswith("ProcessPoolExecutor(2)") and names[1].startswith("raw pyzmq DEALER/ROUTER")
+    assert names[2].startswith("minimal engine: 2 workers")
     assert data["rows"][0]["target_ratio"] == 5.0
+    assert data["rows"][2]["baseline"] > 0 and data["rows"][2]["target_ratio"] is None
+
+
+def test_the_minimal_engine_answers_every_agent_and_leaves_no_process() -> None:
+    from bench.minimal_engine import minimal_engine
+
+    ticks: list[int] = []
+    rates = minimal_engine(3000, 2, 128, 2, lambda: ticks.append(1), inflight_per_worker=512)
+    assert len(rates) == 2 and all(r > 0 for r in rates) and len(ticks) == 2
 
 
 def test_fanout_latency_mode_reports_wall_against_ideal(tmp_path: Path) -> None:
