@@ -45,10 +45,10 @@ Who paces:
   (:func:`gc_relax` / :func:`gc_restore`, nested batches share one pacer); a
   program that disabled the collector itself (``gc.disable()``) is left alone.
   A pattern's round is paced as a whole (:func:`paced`): building its jobs and
-  concluding its runs allocate as much as running them (on a 100,000-agent
-  process fan-out, the automatic collections while the jobs were built and the
-  runs concluded cost the coordinator 1-2 us an agent, about a sixth of its
-  time);
+  concluding its runs allocate as much as running them (100,000-agent process
+  fan-outs in one coordinator, rounds alternating with and without: the
+  automatic collections while the jobs were built and the runs concluded cost
+  it about 1 us of CPU an agent, a tenth of its time);
 * every ``ProcessExecutor`` worker, for its whole life (the process is ours).
 """
 
