@@ -231,7 +231,7 @@ class Swarm:
             out = await run_finalizer(infra, runner, self.synthesizer, S.SYNTH_TASK.format(task=task, lines=lines))
             if out is not None:
                 return out.answer
-        return "\n\n".join(S.SECTION.format(name=o.name, answer=o.answer) for o in answers)
+        return S.sections(answers)
 
 
 async def _run_in_workspace(runner: "AgentRunner", job: AgentJob, ws: AgentWorkspace | None,

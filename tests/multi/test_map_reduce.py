@@ -191,9 +191,13 @@ async def test_max_concurrent_respected_local_only(limit):
 
 
 @pytest.mark.parametrize("name, task, item, i", [("m", "t", "x", 0), ("a{b}", "{task} {}", "{item}", 12345), ("é", "", "", 7)])
-def test_mapper_heads_reproduce_the_templates(name: str, task: str, item: str, i: int) -> None:
+def test_mapper_heads_and_swarm_sections_reproduce_the_templates(name: str, task: str, item: str, i: int) -> None:
     from carmulti import _strings as S
 
     # both map paths (all at once, streamed) name and task their mappers by concatenation, not format calls
     assert S.mapper_name_head(name) + str(i) == S.MAPPER_NAME.format(name=name, i=i)
     assert S.mapper_task_head(task) + item == S.MAPPER_TASK.format(task=task, item=item)
+    # the swarm's summary by concatenation too
+    outs = [AgentOutput(name, item), AgentOutput(task, "{answer}"), AgentOutput(str(i), "")]
+    assert S.sections(outs) == "\n\n".join(S.SECTION.format(name=o.name, answer=o.answer) for o in outs)
+    assert S.sections([]) == ""
