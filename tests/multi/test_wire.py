@@ -108,6 +108,22 @@ def test_oversize_body_is_rejected():
         W.decode(frames({"t": "ping", "n": 123456789}), W.TO_WORKER, max_frame_bytes=10)
 
 
+@pytest.mark.parametrize("output", [
+    AgentOutput("a", "x", 2, 1, 1.5, tokens=TokenAccounting(1, 2, 0.5), tools_used=["t", "u"]),
+    AgentOutput("a", "plain", tools_used=[]),
+    AgentOutput("a\udcff", "file-\udcff", tools_used=["ok"]),
+    AgentOutput("a", "x", tools_used=["t\ud800", "ok"]),
+    AgentOutput("a", "", error="bad \udcff", tools_used=["\udcff"]),
+    AgentOutput("a", "{\"$u\": 1}", error="plain error"),
+], ids=["fields", "no-tools", "surrogate-name-answer", "surrogate-tool", "surrogate-error", "tag-lookalike"])
+def test_outputs_round_trip_the_wire_with_lone_surrogates_tagged(output: AgentOutput) -> None:
+    # the worker escapes what orjson refuses; the coordinator decodes the checked frame back to an equal output
+    body = {"t": "batch", "results": [{"id": 7, "output": P.escape_strings(P.output_to_wire(output)),
+                                       "error": None, "duration_ms": 1.0}]}
+    decoded, _ = W.decode(frames(body), W.TO_COORDINATOR)
+    assert P.output_from_wire(decoded["results"][0]["output"]) == output
+
+
 def test_errors_round_trip():
     for exc in (MailboxSend("no agent 'x'"), MailboxFull("x", 3, 0.5), MailboxTimeout("x"), ToolError("bad")):
         back = P.decode_error(P.encode_error(exc))

@@ -48,7 +48,7 @@ def output_from_wire(o: list[Any]) -> AgentOutput:
         tools = [_unescape(t) for t in tools]
     else:
         name, answer, error = o[0], o[1], None
-        if type(name) is dict or type(answer) is dict or any(type(t) is dict for t in tools):
+        if type(name) is dict or type(answer) is dict or (tools and any(type(t) is dict for t in tools)):
             name, answer, tools = _unescape(name), _unescape(answer), [_unescape(t) for t in tools]
     return AgentOutput(name, answer, o[2], o[3], float(o[4]), error, o[5],
                        None if tok is None else TokenAccounting(tok[0], tok[1], float(tok[2])), tools)
