@@ -311,7 +311,23 @@ def _check_spec(s: Any, path: str) -> None:
         _opt(s, "cache_control", bool, path, "bool")
 
 
-def _check_job(j: Any, path: str) -> None:
+def _check_job(j: Any, i: int) -> None:
+    """Job ``i`` of a jobs frame. The two shapes of a big fan-out (the required fields and a name-only spec, alone
+    or with the coordinator's mailbox) are checked in one expression, without building the job's ``$.path``
+    (1.2 us a job otherwise); anything else gets the field-by-field check."""
+    if (type(j) is dict and type(j.get("id")) is int and type(j.get("runner")) is int
+            and type(j.get("infra")) is int and type(j.get("task")) is str and type(s := j.get("spec")) is dict
+            and len(s) == 1 and type(s.get("name")) is str and s["name"]):
+        n = len(j)
+        if n == 5:
+            return
+        if n == 6 and type(mb := j.get("mailbox")) is dict and mb.get("kind") == "mailbox" \
+                and type(mb.get("object")) is int and type(mb.get("buffer_size")) is int:
+            return
+    _check_job_fields(j, f"$.jobs[{i}]")
+
+
+def _check_job_fields(j: Any, path: str) -> None:
     if not (type(j) is dict and type(j.get("id")) is int and type(j.get("runner")) is int
             and type(j.get("infra")) is int and type(j.get("task")) is str and type(s := j.get("spec")) is dict
             and len(s) == 1 and type(s.get("name")) is str and s["name"]):
@@ -371,7 +387,7 @@ def _v_blob(b: dict[str, Any], blob: bool) -> None:
 
 def _v_jobs(b: dict[str, Any], blob: bool) -> None:
     for i, j in enumerate(_list(b, "jobs", "$")):
-        _check_job(j, f"$.jobs[{i}]")
+        _check_job(j, i)
 
 
 def _v_ret(b: dict[str, Any], blob: bool) -> None:
