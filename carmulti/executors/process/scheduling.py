@@ -78,10 +78,11 @@ class Scheduler:
         rentry, centry = shipped.runner_entry(runner), shipped.coordination_entry(coordination)
         trace = _tracing.inject() if _tracing.ENABLED else None  # the caller's span: parent of the agents' spans
         ps = []
+        if jobs:
+            shipped.acquire(rentry, centry, len(jobs))  # each job releases its own share when it settles
         for i, job in enumerate(jobs):
             jid = self._next_id
             self._next_id += 1
-            shipped.acquire(rentry, centry)
             p = PendingJob(jid, job, coordination, runner, rentry, centry)
             p.batch = batch
             p.fut = fut

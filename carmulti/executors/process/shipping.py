@@ -165,19 +165,23 @@ class ShippedCache:
             self.by_id[e.cid] = e
         return e
 
-    def acquire(self, runner_entry: Shipped, coordination_entry: Shipped) -> None:
-        """A job needs these two entries until :meth:`release`."""
-        for e, idle in ((runner_entry, self._idle_runners), (coordination_entry, self._idle_coordinations)):
-            if e.users == 0:
-                idle.pop(e.cid, None)
-            e.users += 1
+    def acquire(self, runner_entry: Shipped, coordination_entry: Shipped, jobs: int = 1) -> None:
+        """``jobs`` jobs (at least one) need these two entries, each until its :meth:`release`."""
+        if runner_entry.users == 0:
+            self._idle_runners.pop(runner_entry.cid, None)
+        runner_entry.users += jobs
+        if coordination_entry.users == 0:
+            self._idle_coordinations.pop(coordination_entry.cid, None)
+        coordination_entry.users += jobs
 
     def release(self, runner_entry: Shipped, coordination_entry: Shipped) -> None:
-        """A job is done with its entries."""
-        for e, idle in ((runner_entry, self._idle_runners), (coordination_entry, self._idle_coordinations)):
-            e.users -= 1
-            if e.users == 0:
-                idle[e.cid] = e
+        """A job is done with its entries (once per job, on every job's path: no loop)."""
+        runner_entry.users -= 1
+        if runner_entry.users == 0:
+            self._idle_runners[runner_entry.cid] = runner_entry
+        coordination_entry.users -= 1
+        if coordination_entry.users == 0:
+            self._idle_coordinations[coordination_entry.cid] = coordination_entry
 
     def _retire(self, e: Shipped) -> None:
         e.dead = True
