@@ -400,12 +400,11 @@ def check_output(result: Any, spec: AgentSpec, duration_ms: float, runtime: Runt
     * Anything else is ``(None, "invalid output from runner: <field>: ...")``
       or a message naming the returned type.
     """
-    if type(result) is str:
-        out = AgentOutput(name=spec.name, answer=result, turns=1, duration_ms=duration_ms)
+    if type(result) is str:  # on every agent's path: positional (name, answer, turns, tool_calls, duration_ms, ...)
         if runtime is not None:
-            out.tool_calls = runtime.tool_calls
-            out.tools_used = runtime._used_tools()
-        return out, None
+            return AgentOutput(spec.name, result, 1, runtime.tool_calls, duration_ms, None, None, None,
+                               runtime._used_tools()), None
+        return AgentOutput(spec.name, result, 1, 0, duration_ms), None
     if isinstance(result, AgentOutput):
         problem = output_problem(result)
         if problem is not None:
