@@ -131,4 +131,4 @@ def test_types_import_nothing_of_the_engine():
 
 def test_no_module_in_carmulti_is_over_600_lines():
     long = {n: len(p.read_text().splitlines()) for n, p in MODULES.items()}
-    assert not {n: k for n, k in long.items() if k > 610}, long
+    assert not {n: k for n, k in long.items() if k > 600}, long

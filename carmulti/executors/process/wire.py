@@ -3,7 +3,8 @@
 Owns every frame kind: how it is built (``encode_*``) and how it is checked and
 read (:func:`decode` with the validators below), side by side. Payload codecs
 shared by several kinds (outputs, state writes, tagged values, errors, sizes)
-are in :mod:`.payloads`.
+are in :mod:`.payloads`, the field checks the validators are made of in
+:mod:`._fields`.
 
 Every ZeroMQ message is a multipart message of **two or three frames**::
 
@@ -72,7 +73,8 @@ import orjson
 import zmq
 
 from ...errors import WireProtocolError
-from .payloads import OUTPUT_FIELDS, SURROGATE_TAG
+from ._fields import _MISSING, _NUM, _fail, _int, _int_list, _list, _opt, _str, _tn, _trace, _want, _want_str
+from .payloads import OUTPUT_FIELDS
 
 __all__ = ["DEFAULT_MAX_FRAME_BYTES", "SOCKET_SLACK", "TO_COORDINATOR", "TO_HOST", "TO_PEER", "TO_WORKER", "VERSION", "decode", "encode",
            "encode_job", "encode_result", "encode_spec", "has_input", "salvage_ids"]
@@ -84,10 +86,6 @@ DEFAULT_MAX_FRAME_BYTES = 64 * 1024 * 1024
 #: ``ZMQ_MAXMSGSIZE`` is ``max_frame_bytes`` plus this, in bytes: a bigger message disconnects its sender.
 SOCKET_SLACK = 1 << 16
 
-_NUM = (int, float)
-_TYPE_NAMES = {str: "str", int: "int", float: "number", bool: "bool", list: "list", dict: "object",
-               type(None): "null"}
-_MISSING = object()
 Check = Callable[[dict[str, Any], bool], None]
 
 
@@ -221,72 +219,6 @@ def encode_result(jid: int, output: list[Any] | None, error: str | None, duratio
     if writes:
         r["writes"] = writes
     return r
-
-
-# -- field checks -------------------------------------------------------------------------------------------------
-
-def _tn(v: Any) -> str:
-    return _TYPE_NAMES.get(type(v), type(v).__name__)
-
-
-def _fail(path: str, msg: str) -> None:
-    raise WireProtocolError(path, msg)
-
-
-def _want(v: Any, typ: type | tuple[type, ...], path: str, what: str) -> None:
-    if not isinstance(v, typ) or (isinstance(v, bool) and typ in (int, _NUM)):
-        _fail(path, f"expected {what}, got {_tn(v)}")
-
-
-def _field(d: dict[str, Any], key: str, path: str, typ: type, what: str) -> Any:
-    v = d.get(key, _MISSING)
-    if v is _MISSING:
-        _fail(f"{path}.{key}", "missing required field")
-    if type(v) is not typ:
-        _fail(f"{path}.{key}", f"expected {what}, got {_tn(v)}")
-    return v
-
-
-def _int(d: dict[str, Any], key: str, path: str) -> int:
-    return _field(d, key, path, int, "int")  # type: ignore[no-any-return]
-
-
-def _str(d: dict[str, Any], key: str, path: str) -> str:
-    return _field(d, key, path, str, "str")  # type: ignore[no-any-return]
-
-
-def _list(d: dict[str, Any], key: str, path: str) -> list[Any]:
-    return _field(d, key, path, list, "list")  # type: ignore[no-any-return]
-
-
-def _opt(d: dict[str, Any], key: str, typ: Any, path: str, what: str) -> None:
-    v = d.get(key)
-    if v is not None:
-        _want(v, typ, f"{path}.{key}", what)
-
-
-def _int_list(b: dict[str, Any], key: str, path: str = "$") -> None:
-    v = b.get(key)
-    if v is not None:
-        _want(v, list, f"{path}.{key}", "list")
-        for i, j in enumerate(v):
-            _want(j, int, f"{path}.{key}[{i}]", "int")
-
-
-def _trace(d: dict[str, Any], path: str) -> None:
-    """An optional ``trace`` carrier: an object of str values (``{"traceparent": ..., "tracestate"?: ...}``)."""
-    v = d.get("trace")
-    if v is not None:
-        _want(v, dict, f"{path}.trace", "object")
-        for k, x in v.items():
-            _want(x, str, f"{path}.trace.{k}", "str")
-
-
-def _want_str(v: Any, path: str) -> None:
-    """A str, or a str JSON cannot carry tagged ``{"$u": base64}`` (see ``payloads.escape_strings``)."""
-    if type(v) is dict and len(v) == 1 and type(v.get(SURROGATE_TAG)) is str:
-        return
-    _want(v, str, path, "str")
 
 
 # -- coordinator -> worker ----------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ Owns the worker's side of the trip: one uvloop loop running many agents at
 once, each through the shared agent run (:func:`carmulti.executors.agent_run.run_agent`)
 with the worker-side proxies of :mod:`.proxies` as its environment; the sockets
 to the coordinator; the buffering and byte-sized batching of results, events
-and requests; the heartbeat thread.
+and requests. The heartbeat thread is in :mod:`.heartbeat`.
 
 Sockets (three DEALERs connected to the coordinator's ROUTER):
 
@@ -42,6 +42,7 @@ from ..base import AgentJob, AgentRun
 from ..gcpace import GcPacer
 from . import wire
 from .peers import Peers
+from .heartbeat import heartbeat, secure
 from .payloads import decode_error, decode_value, encode_value, is_message, output_to_wire, split_batch
 from .proxies import EventSink, RemoteBudget, RemoteTools, StateView, job_mailbox
 
@@ -56,42 +57,6 @@ def main(cfg: dict[str, Any]) -> None:
     import uvloop
 
     uvloop.run(WorkerProcess(cfg).main())
-
-
-def secure(sock: Any, curve: dict[str, str] | None) -> None:
-    """Make ``sock`` a CURVE client of the coordinator (TCP transports), when keys were given."""
-    if curve:
-        sock.curve_serverkey = curve["server_public"].encode()
-        sock.curve_publickey = curve["public"].encode()
-        sock.curve_secretkey = curve["secret"].encode()
-
-
-def _heartbeat(ctx: Any, ident: bytes, endpoint: str, interval_s: float, stop: threading.Event,
-               curve: dict[str, str] | None = None) -> None:
-    """Thread: tell the coordinator every ``interval_s`` that this process is alive.
-
-    A thread, not a loop callback: a runner busy in Python code (or in C code
-    that releases the GIL) keeps its worker alive, while a stopped process
-    (SIGSTOP) or one wedged in C code holding the GIL goes silent and is
-    replaced by the coordinator after ``heartbeat_timeout_s``.
-    """
-    sock = ctx.socket(zmq.DEALER)
-    try:
-        sock.setsockopt(zmq.IDENTITY, ident)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SNDHWM, 4)
-        secure(sock, curve)
-        sock.connect(endpoint)
-        frame = wire.encode({"t": "hb"})
-        while True:
-            try:
-                sock.send_multipart(frame, zmq.NOBLOCK)
-            except zmq.Again:  # the coordinator is behind: it still has beats to read
-                pass
-            if stop.wait(interval_s):
-                return
-    finally:
-        sock.close(linger=0)
 
 
 class WorkerCoordination:
@@ -234,7 +199,7 @@ class WorkerProcess:
         await self.peers.start()
         self.stopped: asyncio.Future[None] = loop.create_future()
         beat_stop = threading.Event()
-        beat = threading.Thread(target=_heartbeat, args=(ctx, ident + b"/h", endpoint,
+        beat = threading.Thread(target=heartbeat, args=(ctx, ident + b"/h", endpoint,
                                                          float(self.cfg["heartbeat_interval_s"]), beat_stop, curve),
                                 name="carmulti-heartbeat", daemon=True)
         beat.start()
