@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import platform
 import resource
 import statistics
 import sys
-import os
+import tempfile
+from typing import Any, Iterator
 
 
 def peak_rss_mib(children: bool = False) -> float:
@@ -76,3 +79,23 @@ class RssSampler:
         self._stop.set()
         self._thread.join()
         self.peak = max(self.peak, self.total())
+
+
+@contextlib.contextmanager
+def ipc_endpoint(name: str) -> Iterator[str]:
+    """An ``ipc://`` endpoint in a fresh temporary directory; its socket file and the directory go afterwards."""
+    tmp = tempfile.mkdtemp(prefix="carmulti-bench-")
+    try:
+        yield f"ipc://{tmp}/{name}"
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(f"{tmp}/{name}")
+        os.rmdir(tmp)
+
+
+def reap(proc: Any, timeout_s: float = 10.0) -> None:
+    """Wait ``timeout_s`` for a child process to exit, then kill it and wait again."""
+    proc.join(timeout=timeout_s)
+    if proc.is_alive():
+        proc.kill()
+        proc.join()

@@ -41,7 +41,7 @@ import carmulti
 from carmulti import AgentSpec, LocalExecutor, MapReduce, ProcessExecutor, RayExecutor, SharedInfra, Swarm
 
 from ._report import Report, Row, add_common_arguments, median, progress, repeats
-from ._util import RssSampler
+from ._util import RssSampler, ipc_endpoint, reap
 from .minimal_engine import minimal_engine
 
 PHI = (math.sqrt(5) - 1) / 2
@@ -239,13 +239,15 @@ def _zmq_echo(endpoint: str) -> None:  # pragma: no cover - child process
 
 def _raw_zmq(n: int, size: int, repeat: int, tick: Callable[[], None] = _noop) -> list[float]:
     """Pipelined DEALER -> ROUTER echo round trips, one message of ``size`` bytes per agent."""
+    with ipc_endpoint("echo") as endpoint:
+        return _raw_zmq_at(endpoint, n, size, repeat, tick)
+
+
+def _raw_zmq_at(endpoint: str, n: int, size: int, repeat: int, tick: Callable[[], None]) -> list[float]:
     import multiprocessing
-    import tempfile
 
     import zmq
 
-    tmp = tempfile.mkdtemp(prefix="carmulti-zmq-")
-    endpoint = f"ipc://{tmp}/echo"
     proc = multiprocessing.get_context("spawn").Process(target=_zmq_echo, args=(endpoint,), daemon=True)
     proc.start()
     ctx = zmq.Context()
@@ -274,15 +276,7 @@ def _raw_zmq(n: int, size: int, repeat: int, tick: Callable[[], None] = _noop) -
     finally:
         s.close(0)
         ctx.term()
-        proc.join(timeout=10)
-        if proc.is_alive():
-            proc.kill()
-            proc.join()
-        try:
-            os.unlink(f"{tmp}/echo")
-        except OSError:
-            pass
-        os.rmdir(tmp)
+        reap(proc)
     return rates
 
 

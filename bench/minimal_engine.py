@@ -20,13 +20,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import multiprocessing
-import os
-import tempfile
 import time
 from typing import Any, Callable
 
 import orjson
 import uvloop
+
+from ._util import ipc_endpoint, reap
 
 __all__ = ["minimal_engine"]
 
@@ -84,11 +84,15 @@ async def _serve(endpoint: str) -> None:  # pragma: no cover - child process
 
 async def _coordinate(n: int, workers: int, batch_size: int, inflight_per_worker: int, repeat: int,
                       tick: Callable[[], None]) -> list[float]:
+    with ipc_endpoint("engine") as endpoint:
+        return await _coordinate_at(endpoint, n, workers, batch_size, inflight_per_worker, repeat, tick)
+
+
+async def _coordinate_at(endpoint: str, n: int, workers: int, batch_size: int, inflight_per_worker: int,
+                         repeat: int, tick: Callable[[], None]) -> list[float]:
     import zmq
     import zmq.asyncio
 
-    tmp = tempfile.mkdtemp(prefix="carmulti-minimal-")
-    endpoint = f"ipc://{tmp}/engine"
     ctx = zmq.asyncio.Context()
     sock = ctx.socket(zmq.ROUTER)
     sock.setsockopt(zmq.LINGER, 0)
@@ -128,17 +132,9 @@ async def _coordinate(n: int, workers: int, batch_size: int, inflight_per_worker
             await sock.send_multipart([ident, _STOP])
     finally:
         for p in procs:
-            p.join(timeout=10)
-            if p.is_alive():
-                p.kill()
-                p.join()
+            reap(p)
         sock.close(0)
         ctx.term()
-        try:
-            os.unlink(f"{tmp}/engine")
-        except OSError:
-            pass
-        os.rmdir(tmp)
     return rates
 
 
