@@ -247,23 +247,22 @@ def _check_job(j: Any, i: int) -> None:
     """Job ``i`` of a jobs frame. The two shapes of a big fan-out (the required fields and a name-only spec, alone
     or with the coordinator's mailbox) are checked in one expression, without building the job's ``$.path``
     (1.2 us a job otherwise); anything else gets the field-by-field check."""
-    if (type(j) is dict and type(j.get("id")) is int and type(j.get("runner")) is int
-            and type(j.get("infra")) is int and type(j.get("task")) is str and type(s := j.get("spec")) is dict
-            and len(s) == 1 and type(s.get("name")) is str and s["name"]):
+    required = (type(j) is dict and type(j.get("id")) is int and type(j.get("runner")) is int
+                and type(j.get("infra")) is int and type(j.get("task")) is str and type(s := j.get("spec")) is dict
+                and len(s) == 1 and type(s.get("name")) is str and bool(s["name"]))
+    if required:
         n = len(j)
         if n == 5:
             return
         if n == 6 and type(mb := j.get("mailbox")) is dict and mb.get("kind") == "mailbox" \
                 and type(mb.get("object")) is int and type(mb.get("buffer_size")) is int:
             return
-    _check_job_fields(j, f"$.jobs[{i}]")
+    _check_job_fields(j, f"$.jobs[{i}]", required)
 
 
-def _check_job_fields(j: Any, path: str) -> None:
-    if not (type(j) is dict and type(j.get("id")) is int and type(j.get("runner")) is int
-            and type(j.get("infra")) is int and type(j.get("task")) is str and type(s := j.get("spec")) is dict
-            and len(s) == 1 and type(s.get("name")) is str and s["name"]):
-        # slow path: find and name the bad field
+def _check_job_fields(j: Any, path: str, required_ok: bool) -> None:
+    """The field-by-field check of a job; ``required_ok``: its required fields and name-only spec already passed."""
+    if not required_ok:  # find and name the bad field
         if type(j) is not dict:
             _fail(path, f"expected object, got {_tn(j)}")
         _int(j, "id", path)
@@ -380,9 +379,14 @@ def _v_putr(b: dict[str, Any], blob: bool) -> None:
 
 # -- worker -> coordinator ----------------------------------------------------------------------------------------
 
+def _plain_output(o: Any) -> bool:
+    """The common shape of a successful agent's output: a str answer, no tokens, no tools."""
+    return (type(o) is list and len(o) == 8 and type(o[0]) is str and type(o[1]) is str and type(o[2]) is int
+            and type(o[3]) is int and type(o[4]) is float and o[6] is None and type(o[7]) is list and not o[7])
+
+
 def _check_output(o: Any, path: str) -> None:
-    if (type(o) is list and len(o) == 8 and type(o[0]) is str and type(o[1]) is str and type(o[2]) is int
-            and type(o[3]) is int and type(o[4]) is float and o[6] is None and type(o[7]) is list and not o[7]):
+    if _plain_output(o):
         return  # fast path: the common shape
     if type(o) is not list:
         _fail(path, f"expected list [{', '.join(OUTPUT_FIELDS)}], got {_tn(o)}")
@@ -427,9 +431,7 @@ def _check_result(r: Any, i: int) -> None:
     """Result ``i`` of a batch. A successful agent's common shape (a str answer, no tokens, no tools, no writes)
     is checked in one expression, without building the result's ``$.path``; anything else field by field."""
     if (type(r) is dict and type(r.get("id")) is int and type(r.get("duration_ms")) is float
-            and r.get("error") is None and r.get("writes") is None and type(o := r.get("output")) is list
-            and len(o) == 8 and type(o[0]) is str and type(o[1]) is str and type(o[2]) is int
-            and type(o[3]) is int and type(o[4]) is float and o[6] is None and type(o[7]) is list and not o[7]):
+            and r.get("error") is None and r.get("writes") is None and _plain_output(r.get("output"))):
         return
     _check_result_fields(r, f"$.results[{i}]")
 
