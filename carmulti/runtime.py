@@ -42,8 +42,8 @@ from typing import Any, Mapping, Protocol, runtime_checkable
 import orjson
 
 from . import actions as _actions
-from ._aio import cancel_and_wait
 from . import tracing as _tracing
+from ._aio import cancel_and_wait
 from .actions import (  # "X as X": an explicit re-export, which type checkers see (they do not follow ``__all__ +=``)
     _OPERATORS,
     Action as Action,
