@@ -172,6 +172,7 @@ def _event_from_json(bytes raw):
     return _event_from_dict(_loads(raw), raw)
 
 
+@cython.no_gc  # holds only str/int/None, bytes and a cached immutable scalar: cannot be in a cycle
 cdef class Event:
     """One event-log record (read-only).
 

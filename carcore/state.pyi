@@ -1,7 +1,7 @@
 """Type stubs for the compiled module carcore.state."""
 
 import datetime
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 _Policy = Literal["first_committer_wins", "last_writer_wins"]
@@ -40,6 +40,9 @@ class _StateView:
     def transitions(self, since: int = 0) -> list[StateTransition]: ...
     def snapshot(self) -> dict[str, Any]: ...
     def overlay(self, name: str) -> Overlay: ...
+    def set_many(
+        self, keys: Sequence[str], values: Sequence[Any], writers: Sequence[str | None]
+    ) -> list[StateTransition]: ...
 
 class StateStore(_StateView):
     def __init__(self) -> None: ...

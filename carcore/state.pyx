@@ -33,6 +33,7 @@ Versions and conflicts:
     checked when the chain is finally merged into the store.
 """
 
+cimport cython
 from libc.stdint cimport int64_t
 
 from carcore.includes.system cimport realtime_ns
@@ -154,6 +155,7 @@ def _transition_from_state(str key, bint had_old, object old, bint has_new, obje
                        writer, ts_ns, None)
 
 
+@cython.no_gc  # holds only str/int/float/bool/None/bytes (stored forms): cannot be in a cycle
 cdef class StateTransition:
     """One recorded change of a key (read-only).
 
@@ -289,6 +291,53 @@ cdef class _StateView:
         cdef str k = _check_key(key)
         cdef str w = _check_writer(writer)
         return self._delete_stored(k, w, realtime_ns(), False)
+
+    # ----- shared batch write --------------------------------------------------------
+
+    def set_many(self, keys, values, writers):
+        """Set ``values[i]`` under ``keys[i]`` by ``writers[i]``, in order, all at one time.
+
+        The batch form of ``set`` (what a pattern's round does when it publishes
+        many answers): the same transitions, in the same order, as calling
+        ``set(keys[i], values[i], writers[i])`` for each ``i`` in turn, except that
+        they share one timestamp, and that everything is validated before anything
+        changes (all or nothing, as :meth:`StateStore.apply`).
+
+        Args:
+            keys (Sequence[str]): The keys (one may repeat: the later write wins).
+            values (Sequence[Any]): JSON-serializable values, one per key.
+            writers (Sequence[str]): Who writes each (``None`` is treated as ``""``).
+
+        Returns:
+            list[StateTransition]: The recorded changes, one per key, in order.
+
+        Raises:
+            ValueError: the three sequences differ in length (the message gives the
+                lengths); nothing is stored.
+            TypeError: a key or writer is not a ``str``, or a value is not
+                JSON-serializable (the message names the key); nothing is stored.
+        """
+        cdef list ks = keys if type(keys) is list else list(keys)
+        cdef list vs = values if type(values) is list else list(values)
+        cdef list ws = writers if type(writers) is list else list(writers)
+        cdef Py_ssize_t n = len(ks), i
+        if len(vs) != n or len(ws) != n:
+            raise ValueError(f"set_many needs as many values and writers as keys, "
+                             f"got {n} keys, {len(vs)} values, {len(ws)} writers")
+        cdef list ck = [None] * n
+        cdef list cs = [None] * n
+        cdef list cw = [None] * n
+        cdef str k
+        for i in range(n):
+            k = _check_key(ks[i])
+            ck[i] = k
+            cs[i] = _encode(k, vs[i])
+            cw[i] = _check_writer(ws[i])
+        cdef int64_t ts = realtime_ns()
+        cdef list out = [None] * n
+        for i in range(n):
+            out[i] = self._set_stored(<str>ck[i], cs[i], <str>cw[i], ts)
+        return out
 
     # ----- shared read API -------------------------------------------------------------
 

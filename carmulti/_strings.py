@@ -37,6 +37,16 @@ def state_writer(name: str) -> str:
     return f"swarm.{name}"
 
 
+def state_keys(names: Iterable[str]) -> list[str]:
+    """:func:`state_key` of every name (a round's answers, written in one batch)."""
+    return [f"agent.{name}.answer" for name in names]
+
+
+def state_writers(names: Iterable[str]) -> list[str]:
+    """:func:`state_writer` of every name."""
+    return [f"swarm.{name}" for name in names]
+
+
 def sections(outputs: Iterable[Any]) -> str:
     """:data:`SECTION` of every output (``.name``, ``.answer``), joined by blank lines.
 

@@ -451,3 +451,14 @@ def test_non_finite_event_data_is_refused_like_a_state_value(tmp_path, value):
         assert len(log) == 1 and os.path.getsize(path) == size  # nothing appended, in memory or on disk
     with EventLog.open(path) as again:
         assert [e.data for e in again] == [1.5]
+
+
+def test_events_are_not_tracked_by_the_cyclic_collector():
+    """An event holds only strs, ints, None, its JSON bytes and a cached immutable scalar (no
+    cycle is possible): a long log costs full collections nothing."""
+    import gc
+
+    log = EventLog()
+    e = log.append("k", {"deep": [1, 2]}, agent="a")
+    assert not gc.is_tracked(e)
+    assert e.data == {"deep": [1, 2]} and log.events()[0].agent == "a"

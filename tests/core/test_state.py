@@ -160,6 +160,47 @@ def test_apply_all_or_nothing():
     assert s.snapshot() == {"a": 10, "c": [3]} and s.transition_count() == n
 
 
+def test_set_many_is_set_of_each_in_turn_with_one_timestamp():
+    s = StateStore()
+    s.set("a", 1)
+    ts = s.set_many(["b", "a", "b"], ["x", {"k": [1]}, None], ["w1", None, "w3"])
+    assert [(t.key, t.old_value, t.new_value, t.writer) for t in ts] == [
+        ("b", None, "x", "w1"), ("a", 1, {"k": [1]}, ""), ("b", "x", None, "w3")]
+    assert len({t.ts_ns for t in ts}) == 1
+    assert s.snapshot() == {"a": {"k": [1]}, "b": None} and s.keys() == ["a", "b"]
+    assert s.transitions(1) == ts
+    assert s.set_many((), [], iter(())) == []  # any sequences; nothing to do
+    ov = s.overlay("o")
+    ov.set_many(("c",), ("y",), ("w",))
+    assert ov.snapshot() == {"a": {"k": [1]}, "b": None, "c": "y"} and "c" not in s
+
+
+def test_set_many_validates_everything_first():
+    s = StateStore()
+    s.set("a", 1)
+    n = s.transition_count()
+    with pytest.raises(TypeError, match="state value for key 'bad' is not JSON-serializable"):
+        s.set_many(["x", "bad"], [1, object()], ["w", "w"])
+    with pytest.raises(TypeError, match="state key must be str"):
+        s.set_many(["x", 2], [1, 2], ["w", "w"])
+    with pytest.raises(TypeError, match="writer must be str"):
+        s.set_many(["x", "y"], [1, 2], ["w", 3])
+    with pytest.raises(ValueError, match="got 2 keys, 1 values, 2 writers"):
+        s.set_many(["x", "y"], [1], ["w", "w"])
+    assert s.snapshot() == {"a": 1} and s.transition_count() == n
+
+
+def test_transitions_are_not_tracked_by_the_cyclic_collector():
+    """They hold only immutable scalars and bytes (no cycle is possible): a big log costs full
+    collections nothing."""
+    import gc
+
+    s = StateStore()
+    t = s.set("a", {"deep": [1, 2]}, "w")
+    assert not gc.is_tracked(t)
+    assert t.new_value == {"deep": [1, 2]} and pickle.loads(pickle.dumps(t)) == t
+
+
 def test_restore_truncates_log():
     s = StateStore()
     s.set("a", 1)

@@ -126,6 +126,23 @@ class StoreMachine(RuleBasedStateMachine):
         else:
             self.store_set(key, value)
 
+    @rule(items=st.lists(st.tuples(KEYS, VALUES), max_size=4))
+    def set_many(self, items):
+        """The batch form: the same as ``set`` of each item in turn (repeated keys included)."""
+        keys = [k for k, _ in items]
+        ts = self.target().set_many(keys, [copy.deepcopy(v) for _, v in items], [f"w{i}" for i in range(len(items))])
+        assert [t.key for t in ts] == keys and [t.writer for t in ts] == [f"w{i}" for i in range(len(items))]
+        assert len({t.ts_ns for t in ts}) <= 1  # one timestamp
+        for t, (key, value) in zip(ts, items):
+            old = self.visible(key)
+            assert t.old_value == (None if old is MISSING else old)
+            if self.stack:
+                self.touch(key)
+                _put(self.stack[-1].changes, key, value)
+                self.stack[-1].bump(key)
+            else:
+                self.store_set(key, value)
+
     @rule(key=KEYS)
     def delete(self, key):
         t = self.target().delete(key)
