@@ -274,9 +274,9 @@ def conclude_round(infra: "SharedInfra", runs: Sequence[AgentRun], names: Sequen
     The same outputs, spend records and state transitions, in the same order, as
     calling :func:`conclude` on each run in turn; the ``agent.{name}.answer`` writes
     of consecutive successes that need no overlay merge go to the store in one
-    ``StateStore.set_many`` (one timestamp): 0.7 us an agent less on a
-    100,000-agent round (``timeit`` of the conclusion, 1.4 us against 0.7 us; the
-    dictionary inserts into a growing store are most of what remains).
+    ``StateStore.set_many`` (one timestamp). Concluding 100,000 successes, timed
+    in one process: 0.77 us an agent against 0.99 us one by one; the dictionary
+    inserts into a growing store are most of what remains.
     """
     outputs: list[AgentOutput] = []
     pending: list[AgentOutput] = []  # published successes whose state writes are not made yet
