@@ -332,3 +332,29 @@ async def test_a_worker_fed_more_frames_than_one_read_burst_runs_every_job_at_on
     assert [o.name for o in res.outputs] == [f"a{i}" for i in range(n)] and all(o.succeeded for o in res.outputs)
     starts = [float(o.answer) for o in res.outputs]
     assert max(starts) - min(starts) < 0.2  # every agent was waiting at once
+
+
+async def test_a_big_submission_sends_its_first_waves_before_the_rest_is_queued(monkeypatch):
+    """The workers start on a big round's first agents while the coordinator queues the rest
+    (``SUBMIT_WAVE``); every agent still runs once, in order."""
+    from carmulti.executors.process import scheduling
+    from carmulti.executors.process.transport import Transport
+
+    monkeypatch.setattr(scheduling, "SUBMIT_WAVE", 100)
+    ex = ProcessExecutor(workers=2, batch_size=32, max_inflight_per_worker=300)
+    waves: list[tuple[int, int]] = []
+    flush_now = Transport.flush_now
+
+    def counting(self: Transport) -> None:
+        flush_now(self)
+        sent = sum(1 for p in ex._jobs.pending.values() if not p.unsent)
+        waves.append((len(ex._jobs.pending), sent))
+
+    monkeypatch.setattr(Transport, "flush_now", counting)
+    async with SharedInfra(executor=ex) as infra:
+        specs = [AgentSpec(f"n{i}") for i in range(1050)]
+        res = await Swarm(specs).run("t", ParityRunner(), infra)
+    assert [o.name for o in res.outputs] == [s.name for s in specs] and all(o.succeeded for o in res.outputs)
+    assert [queued for queued, _ in waves] == [100 * k for k in range(1, 11)]  # one flush per full wave
+    assert waves[0][1] == 100  # the first wave left before the second was queued
+    assert all(sent > 0 for _, sent in waves)

@@ -44,6 +44,11 @@ __all__ = ["Scheduler"]
 log = logging.getLogger("carmulti.executors.process")
 
 
+#: A submission of more jobs than this queues them in waves of this many, each sent as soon as it is
+#: queued, so the workers start on a big round's first agents while the coordinator queues the rest.
+SUBMIT_WAVE = 4096
+
+
 class Scheduler:
     """Queues, sends and settles the executor's jobs.
 
@@ -80,6 +85,8 @@ class Scheduler:
         ps = []
         if jobs:
             shipped.acquire(rentry, centry, len(jobs))  # each job releases its own share when it settles
+        queued = 0  # ps[:queued] are in the queue
+        wave = SUBMIT_WAVE
         for i, job in enumerate(jobs):
             jid = self._next_id
             self._next_id += 1
@@ -90,7 +97,12 @@ class Scheduler:
             p.trace = trace
             self.pending[jid] = p
             ps.append(p)
-        self.queue.extend(ps)
+            if i + 1 - queued == wave:  # a big submission: these leave now, the workers start on them
+                self.queue.extend(ps[queued:])
+                queued = i + 1
+                self.pump()
+                self.transport.flush_now()
+        self.queue.extend(ps[queued:] if queued else ps)
         self.pump()
         return ps
 

@@ -146,6 +146,11 @@ class Transport:
         if self.sock is not None:
             self._flush_cb()
 
+    def flush_now(self) -> None:
+        """Flush at once, without waiting for the loop (the first frames of a big submission)."""
+        if self.sock is not None:
+            self._flush_cb()
+
     def send(self, w: WorkerHandle, frames: list[bytes]) -> None:
         """Send one message to ``w`` now, or queue it behind ``w``'s backlog (never dropped while ``w`` lives)."""
         sock = self.sock
