@@ -356,5 +356,5 @@ class MapReduce:
 
 
 def _reducer_task(task: str, entries: list[tuple[str, str]]) -> str:
-    lines = "\n".join(S.FINDING_LINE.format(name=name, answer=answer) for name, answer in entries)
+    lines = "\n".join(S.finding_line(name, answer) for name, answer in entries)
     return S.REDUCER_TASK.format(task=task, lines=lines)

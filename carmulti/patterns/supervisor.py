@@ -98,7 +98,7 @@ class Supervisor:
             sw = await self._swarm.run(worker_task, runner, infra)
             result.rounds.append(sw.outputs)
             result.final_answer = sw.final_summary
-            lines = "\n".join(S.FINDING_LINE.format(name=o.name, answer=o.answer) for o in sw.outputs if o.succeeded)
+            lines = "\n".join(S.finding_line(o.name, o.answer) for o in sw.outputs if o.succeeded)
             review = await run_load_bearing(infra, runner,
                                             AgentJob(self.supervisor, S.SUPERVISOR_REVIEW.format(task=task, lines=lines)),
                                             partial=result)

@@ -181,7 +181,7 @@ class Swarm:
             if skipped is not None:
                 outputs.append(skipped)
                 continue
-            enriched = S.PRIOR_FINDINGS.format(task=task, lines="\n".join(findings)) if outputs else task
+            enriched = S.prior_findings(task, "\n".join(findings)) if outputs else task
             t0 = time.perf_counter()
             run = await run_one(infra, runner, AgentJob(spec, enriched, mailbox=mailbox))
             if run.error is not None and run.duration_ms <= 0.0:
@@ -189,7 +189,7 @@ class Swarm:
             out = conclude(infra, run, spec.name, keep_duration=True)
             outputs.append(out)
             if out.succeeded:
-                findings.append(S.FINDING_LINE.format(name=out.name, answer=truncate(out.answer, S.SEQUENTIAL_TRUNCATE)))
+                findings.append(S.finding_line(out.name, truncate(out.answer, S.SEQUENTIAL_TRUNCATE)))
         summary = await self.synthesize(task, outputs, runner, infra)
         return SwarmResult(task, outputs, summary)
 
@@ -198,7 +198,7 @@ class Swarm:
         # Both rounds are plain parallel rounds (Rust runs a fresh parallel Swarm each time: no isolation,
         # no workspaces, and the round's own synthesis is not used).
         round1 = await self._parallel_outputs(self.agents, task, runner, infra, False, None)
-        lines = [(o.name, S.FINDING_LINE.format(name=o.name, answer=truncate(o.answer, S.DEBATE_TRUNCATE)))
+        lines = [(o.name, S.finding_line(o.name, truncate(o.answer, S.DEBATE_TRUNCATE)))
                  for o in round1 if o.succeeded]  # each answer's line built once
         critiques: list[AgentSpec] = []
         for spec in self.agents:
@@ -227,7 +227,7 @@ class Swarm:
         if len(answers) == 1:
             return answers[0].answer
         if self.synthesizer is not None:
-            lines = "\n".join(S.FINDING_LINE.format(name=o.name, answer=truncate(o.answer, S.SYNTH_TRUNCATE)) for o in answers)
+            lines = "\n".join(S.finding_line(o.name, truncate(o.answer, S.SYNTH_TRUNCATE)) for o in answers)
             out = await run_finalizer(infra, runner, self.synthesizer, S.SYNTH_TASK.format(task=task, lines=lines))
             if out is not None:
                 return out.answer

@@ -95,7 +95,7 @@ class Vote:
         winner, ratio, _ = tally(sw.outputs)
         ok = [v for v in sw.outputs if v.succeeded]
         if self.synthesizer is not None and ok and ratio <= 0.5:
-            lines = "\n".join(S.FINDING_LINE.format(name=v.name, answer=v.answer) for v in ok)
+            lines = "\n".join(S.finding_line(v.name, v.answer) for v in ok)
             out = await run_finalizer(infra, runner, self.synthesizer, S.VOTE_SYNTH_TASK.format(task=task, lines=lines))
             if out is not None:
                 winner = out.answer

@@ -201,3 +201,6 @@ def test_mapper_heads_and_swarm_sections_reproduce_the_templates(name: str, task
     outs = [AgentOutput(name, item), AgentOutput(task, "{answer}"), AgentOutput(str(i), "")]
     assert S.sections(outs) == "\n\n".join(S.SECTION.format(name=o.name, answer=o.answer) for o in outs)
     assert S.sections([]) == ""
+    # the sequential swarm's findings (and the other FINDING_LINE users) likewise
+    assert S.finding_line(name, item) == S.FINDING_LINE.format(name=name, answer=item)
+    assert S.prior_findings(task, item) == S.PRIOR_FINDINGS.format(task=task, lines=item)
