@@ -5,6 +5,7 @@ The ones marked [V] are verbatim from the Rust crate (car-multi 0.26
 port's choices where the Rust text was not visible (spec section 8).
 """
 
+import string
 from typing import Any, Iterable
 
 # -- swarm [V] -----------------------------------------------------------------
@@ -47,28 +48,41 @@ def state_writers(names: Iterable[str]) -> list[str]:
     return [f"swarm.{name}" for name in names]
 
 
-def _split(template: str, first: str, last: str) -> tuple[str, str]:
-    """``template`` as ``head + {first} + mid + {last}`` (it must end with ``{last}``): ``(head, mid)``."""
-    head, _, rest = template.partition("{" + first + "}")
-    mid, _, tail = rest.partition("{" + last + "}")
-    if tail or not rest.endswith("{" + last + "}"):
-        raise AssertionError(f"template {template!r} does not end with {{{last}}}")
-    return head, mid
+def _literals(template: str, *fields: str) -> tuple[str, ...]:
+    """The literal text around ``template``'s fields, which must be exactly ``fields`` in that order.
+
+    ``template.format(**dict(zip(fields, values)))`` is then ``lit[0] + values[0] + lit[1] + ... +
+    values[-1] + lit[-1]``: a template is written once, and filled by concatenation on the agents'
+    paths (a ``format`` call with keywords costs several times as much). Escaped braces come out
+    single, as ``format`` gives them.
+    """
+    parsed = list(string.Formatter().parse(template))
+    found = tuple(name for _, name, _, _ in parsed if name is not None)
+    if found != fields or any(spec or conv for _, name, spec, conv in parsed if name is not None):
+        raise AssertionError(f"template {template!r} has fields {found}, expected plain {fields}")
+    lits, pending = [], ""
+    for lit, name, _, _ in parsed:  # an escaped brace ends a literal without a field: join them
+        pending += lit
+        if name is not None:
+            lits.append(pending)
+            pending = ""
+    lits.append(pending)
+    return tuple(lits)
 
 
-_FINDING = _split(FINDING_LINE, "name", "answer")
-_PRIOR = _split(PRIOR_FINDINGS, "task", "lines")
-_SECTION = _split(SECTION, "name", "answer")
+_FINDING = _literals(FINDING_LINE, "name", "answer")
+_PRIOR = _literals(PRIOR_FINDINGS, "task", "lines")
+_SECTION = _literals(SECTION, "name", "answer")
 
 
 def finding_line(name: str, answer: str) -> str:
     """``FINDING_LINE.format(name=name, answer=answer)``, by concatenation (on every stage's path)."""
-    return _FINDING[0] + name + _FINDING[1] + answer
+    return _FINDING[0] + name + _FINDING[1] + answer + _FINDING[2]
 
 
 def prior_findings(task: str, lines: str) -> str:
     """``PRIOR_FINDINGS.format(task=task, lines=lines)``, by concatenation."""
-    return _PRIOR[0] + task + _PRIOR[1] + lines
+    return _PRIOR[0] + task + _PRIOR[1] + lines + _PRIOR[2]
 
 
 def sections(outputs: Iterable[Any]) -> str:
@@ -77,8 +91,8 @@ def sections(outputs: Iterable[Any]) -> str:
     By concatenation of the template's pieces (``{answer}`` ends it): 0.15 us a section against 0.48 us
     for ``SECTION.format`` (a 100,000-agent Swarm's summary).
     """
-    head, mid = _SECTION
-    return "\n\n".join([head + o.name + mid + o.answer for o in outputs])
+    head, mid, tail = _SECTION
+    return "\n\n".join([head + o.name + mid + o.answer + tail for o in outputs])
 
 
 # -- delegator [V] ---------------------------------------------------------------
@@ -133,6 +147,14 @@ JUDGE_TASK = (
     "}}\n"
     "```"
 )
+_JUDGE = _literals(JUDGE_TASK, "task", "name_a", "answer_a", "name_b", "answer_b")
+
+
+def judge_task(task: str, name_a: str, answer_a: str, name_b: str, answer_b: str) -> str:
+    """:data:`JUDGE_TASK` filled in, by concatenation (a tournament's every match)."""
+    j = _JUDGE
+    return "".join((j[0], task, j[1], name_a, j[2], answer_a, j[3], name_b, j[4], answer_b, j[5]))
+
 
 # -- adversarial review [V prompt, A.3; 2-space JSON indentation and the synthetic criteria are [U]] --
 REVIEW_CRITERION_LINE = "{n}. {criterion}"

@@ -159,7 +159,7 @@ class Tournament:
         """``("A" | "B", rationale)`` for one match (see the class docstring for the fallbacks)."""
         if reserve(infra, self.judge.name) is not None:
             return "A", ""
-        prompt = S.JUDGE_TASK.format(task=task, name_a=a[0], answer_a=a[1], name_b=b[0], answer_b=b[1])
+        prompt = S.judge_task(task, a[0], a[1], b[0], b[1])
         out = conclude(infra, await run_one(infra, runner, AgentJob(self.judge, prompt)), self.judge.name,
                        write_state=False)
         if not out.succeeded:

@@ -204,3 +204,15 @@ def test_mapper_heads_and_swarm_sections_reproduce_the_templates(name: str, task
     # the sequential swarm's findings (and the other FINDING_LINE users) likewise
     assert S.finding_line(name, item) == S.FINDING_LINE.format(name=name, answer=item)
     assert S.prior_findings(task, item) == S.PRIOR_FINDINGS.format(task=task, lines=item)
+    # a tournament's judge prompt (its template has escaped braces)
+    assert S.judge_task(task, name, item, str(i), "{}") == S.JUDGE_TASK.format(
+        task=task, name_a=name, answer_a=item, name_b=str(i), answer_b="{}")
+
+
+def test_a_template_filled_by_concatenation_must_have_exactly_its_fields_in_order() -> None:
+    from carmulti import _strings as S
+
+    assert S._literals("{{a}}{x} and {y}{{}}", "x", "y") == ("{a}", " and ", "{}")
+    for template, fields in (("{y}{x}", ("x", "y")), ("{x}", ("x", "y")), ("{x!r}", ("x",)), ("{x:>4}", ("x",))):
+        with pytest.raises(AssertionError, match="expected plain"):
+            S._literals(template, *fields)
