@@ -114,9 +114,8 @@ class StoreMachine(RuleBasedStateMachine):
         return self.stack[-1].overlay if self.stack else self.s
 
     # --- rules -----------------------------------------------------------------------
-    @rule(key=KEYS, value=VALUES)
-    def set(self, key, value):
-        t = self.target().set(key, copy.deepcopy(value))
+    def model_set(self, t, key, value):
+        """Check transition ``t`` of setting ``key`` on the target, then apply it to the model."""
         old = self.visible(key)
         assert t.old_value == (None if old is MISSING else old)
         if self.stack:
@@ -126,6 +125,10 @@ class StoreMachine(RuleBasedStateMachine):
         else:
             self.store_set(key, value)
 
+    @rule(key=KEYS, value=VALUES)
+    def set(self, key, value):
+        self.model_set(self.target().set(key, copy.deepcopy(value)), key, value)
+
     @rule(items=st.lists(st.tuples(KEYS, VALUES), max_size=4))
     def set_many(self, items):
         """The batch form: the same as ``set`` of each item in turn (repeated keys included)."""
@@ -134,14 +137,7 @@ class StoreMachine(RuleBasedStateMachine):
         assert [t.key for t in ts] == keys and [t.writer for t in ts] == [f"w{i}" for i in range(len(items))]
         assert len({t.ts_ns for t in ts}) <= 1  # one timestamp
         for t, (key, value) in zip(ts, items):
-            old = self.visible(key)
-            assert t.old_value == (None if old is MISSING else old)
-            if self.stack:
-                self.touch(key)
-                _put(self.stack[-1].changes, key, value)
-                self.stack[-1].bump(key)
-            else:
-                self.store_set(key, value)
+            self.model_set(t, key, value)
 
     @rule(key=KEYS)
     def delete(self, key):
