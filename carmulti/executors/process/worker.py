@@ -41,9 +41,9 @@ from ..agent_run import AgentEnvironment, exception_text, run_agent
 from ..base import AgentJob, AgentRun
 from ..gcpace import GcPacer
 from . import wire
-from .peers import Peers
 from .heartbeat import heartbeat, secure
 from .payloads import decode_error, decode_value, encode_value, is_message, output_to_wire, split_batch
+from .peers import Peers
 from .proxies import EventSink, RemoteBudget, RemoteTools, StateView, job_mailbox
 
 __all__ = ["main"]
