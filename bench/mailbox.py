@@ -7,7 +7,11 @@ through a :class:`carmulti.Mailbox`; the baseline bounces it through two bare
 Across processes: the same two agents on a ``ProcessExecutor(workers=2)``,
 sharing the coordinator's mailbox; each inbox is hosted in its agent's worker
 and messages go worker to worker directly (the coordinator is the directory). The baseline is two bare processes bouncing an int
-over a ``multiprocessing.Pipe`` (direct, no broker, no agents).
+over a ``multiprocessing.Pipe`` (direct, no broker, no agents, blocking reads). A second row
+measures the floor of any event-loop worker: two uvloop processes bouncing the
+int over the same kind of socket pair as length-prefixed orjson frames, an
+``asyncio.Protocol`` feeding an ``asyncio.Queue`` (what an agent awaiting its
+inbox needs at least: a wakeup of the loop, a frame and a task switch per hop).
 
 Figures are round trips per second.
 """
@@ -16,8 +20,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import socket
+import struct
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
+
+import orjson
+import uvloop
 
 import carmulti
 from carmulti import AgentOutput, AgentSpec, Mailbox, Message, ProcessExecutor, SharedInfra, Swarm
@@ -93,38 +103,139 @@ async def _baseline(n: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
+# Both cross-process baselines: the parent sends -1 (warm-up: the child is up once it answers 0), then
+# times n round trips, sending the even numbers 0 .. 2n-2; the child answers each v with v + 1 and exits
+# after answering 2n-2.
 def _pipe_child(conn: Connection[int, int], n: int) -> None:  # pragma: no cover - child process
     while True:
         v = conn.recv()
         conn.send(v + 1)
-        if v + 1 >= 2 * n:
+        if v + 1 >= 2 * n - 1:
             return
 
 
-def _pipe_baseline(n: int) -> float:
+def _pipe_parent(a: Connection[int, int], n: int) -> float:
+    a.send(-1)
+    a.recv()
+    t0 = time.perf_counter()
+    v = 0
+    a.send(v)
+    while True:
+        v = a.recv()
+        if v >= 2 * n - 1:
+            break
+        a.send(v + 1)
+    return n / (time.perf_counter() - t0)
+
+
+def _with_child(child: Callable[[Connection[int, int], int], None], parent: Callable[[Connection[int, int], int], float],
+                n: int) -> float:
+    """``parent(a, n)`` here while ``child(b, n)`` runs in a spawned process; ``a``, ``b``: a ``Pipe`` (AF_UNIX).
+
+    Raises:
+        RuntimeError: the child did not exit by itself with status 0 within 10 s of the parent's end.
+    """
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")
     a, b = ctx.Pipe()
-    proc = ctx.Process(target=_pipe_child, args=(b, n))
+    proc = ctx.Process(target=child, args=(b, n))
     proc.start()
+    b.close()
     try:
-        a.send(-1)  # warm-up: the child is up once it answers
-        a.recv()
-        t0 = time.perf_counter()
-        v = 0
-        a.send(v)
-        while True:
-            v = a.recv()
-            if v >= 2 * n - 1:
-                break
-            a.send(v + 1)
-        return n / (time.perf_counter() - t0)
+        return parent(a, n)
     finally:
+        a.close()
         proc.join(timeout=10)
         if proc.is_alive():
             proc.kill()
             proc.join()
+        if proc.exitcode != 0:
+            raise RuntimeError(f"the baseline's child process {child.__name__} ended with {proc.exitcode} "
+                               "(killed after 10 s if negative): the baseline is broken")
+
+
+def _pipe_baseline(n: int) -> float:
+    return _with_child(_pipe_child, _pipe_parent, n)
+
+
+_LEN = struct.Struct(">I")
+
+
+class _Frames(asyncio.Protocol):
+    """Length-prefixed orjson frames: each one received goes on ``queue``; :meth:`send` writes one."""
+
+    def __init__(self, queue: asyncio.Queue[int]) -> None:
+        self.queue = queue
+        self.buf = bytearray()
+        self.transport: Any = None
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf
+        buf += data
+        pos = 0
+        while len(buf) - pos >= 4:
+            size = _LEN.unpack_from(buf, pos)[0]
+            if len(buf) - pos - 4 < size:
+                break
+            self.queue.put_nowait(orjson.loads(bytes(buf[pos + 4:pos + 4 + size])))
+            pos += 4 + size
+        del buf[:pos]
+
+    def send(self, v: int) -> None:
+        data = orjson.dumps(v)
+        self.transport.write(_LEN.pack(len(data)) + data)
+
+
+async def _frames(fd: int) -> tuple[Any, _Frames]:
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    sock = socket.socket(fileno=fd)
+    return await asyncio.get_running_loop().create_unix_connection(lambda: _Frames(queue), sock=sock)
+
+
+async def _uvloop_child_main(fd: int, n: int) -> None:  # pragma: no cover - child process
+    transport, proto = await _frames(fd)
+    try:
+        while True:
+            v = await proto.queue.get()
+            proto.send(v + 1)
+            if v + 1 >= 2 * n - 1:
+                return
+    finally:
+        transport.close()
+
+
+def _uvloop_child(conn: Connection[int, int], n: int) -> None:  # pragma: no cover - child process
+    uvloop.run(_uvloop_child_main(os.dup(conn.fileno()), n))
+    conn.close()
+
+
+async def _uvloop_parent_main(fd: int, n: int) -> float:
+    transport, proto = await _frames(fd)
+    try:
+        proto.send(-1)
+        await proto.queue.get()
+        t0 = time.perf_counter()
+        proto.send(0)
+        while True:
+            v = await proto.queue.get()
+            if v >= 2 * n - 1:
+                break
+            proto.send(v + 1)
+        return n / (time.perf_counter() - t0)
+    finally:
+        transport.close()
+
+
+def _uvloop_parent(a: Connection[int, int], n: int) -> float:
+    return uvloop.run(_uvloop_parent_main(os.dup(a.fileno()), n))
+
+
+def _uvloop_baseline(n: int) -> float:
+    return _with_child(_uvloop_child, _uvloop_parent, n)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -146,4 +257,9 @@ def main(args: argparse.Namespace) -> int:
     base_p = repeats("mailbox", "ping-pong across processes, Pipe", args.repeat, lambda: _pipe_baseline(m))
     report.add(Row("ping-pong across processes (direct)", median(ours_p), "round trips/s", median(base_p),
                    "2 processes, multiprocessing.Pipe", ours_p, base_p, target=0.5))
+    floor = repeats("mailbox", "ping-pong across processes, 2 uvloop processes", args.repeat,
+                    lambda: _uvloop_baseline(m))
+    report.add(Row("ping-pong across processes (direct)", median(ours_p), "round trips/s", median(floor),
+                   "2 uvloop processes, Unix socket, asyncio.Protocol + Queue", ours_p, floor,
+                   note="the event loop's floor: a loop wakeup, a frame and a task switch per hop"))
     return report.finish(args.json, args.check)

@@ -12,6 +12,7 @@ import orjson
 import pytest
 
 from bench import SCENARIOS
+from bench import mailbox as bmail
 from bench import stdlib as bstd
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,7 +67,7 @@ async def test_mapreduce_totals_match_the_direct_loop(tmp_path: Path) -> None:
     (["core", "--n", "2000", "--budget-ops", "2000", "--repeat", "1", "--warmup", "0"], "budget reserve, 2 processes"),
     (["mapreduce", "--items", "3000", "--reduce-fan-in", "16", "--concurrency", "50"], "total checked: OK"),
     (["rounds", "--n", "20", "--repeat", "1", "--warmup", "0"], "Supervisor 4 workers x 3 rounds"),
-    (["mailbox", "--n", "200", "--n-process", "50", "--repeat", "1", "--warmup", "0"], "ping-pong across processes"),
+    (["mailbox", "--n", "200", "--n-process", "50", "--repeat", "1", "--warmup", "0"], "2 uvloop processes"),
 ])
 def test_scenarios_run_at_small_n_and_write_json(tmp_path: Path, argv: list[str], expect: str) -> None:
     out = tmp_path / "out.json"
@@ -81,6 +82,14 @@ def test_scenarios_run_at_small_n_and_write_json(tmp_path: Path, argv: list[str]
     for r in data["rows"]:
         if r["baseline"] is not None:
             assert r["ratio"] == pytest.approx(r["value"] / r["baseline"])
+
+
+def test_mailbox_baselines_children_exit_by_themselves() -> None:
+    # Each child answers the parent's last number and exits 0 (a child left waiting is killed and refused).
+    assert bmail._pipe_baseline(50) > 0
+    assert bmail._uvloop_baseline(50) > 0
+    with pytest.raises(RuntimeError, match="_pipe_child ended with 1"):  # EOF before its first number
+        bmail._with_child(bmail._pipe_child, lambda a, n: 1.0, 50)
 
 
 def _bench(tmp_path: Path, *argv: str) -> tuple[str, dict]:
