@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from ...mailbox import AgentMessage
 from ...types import AgentOutput, Message, TokenAccounting
 
 __all__ = ["FRAME_OVERHEAD", "OUTPUT_FIELDS", "SURROGATE_TAG", "apply_writes", "decode_error", "decode_value",
@@ -95,8 +96,6 @@ def apply_writes(state: Any, writes: list[list[Any]]) -> None:
 
 def encode_value(v: Any) -> Any:
     """Messages as tagged objects (``{"$msg": ...}``, ``{"$amsg": ...}``); everything else as JSON."""
-    from ...mailbox import AgentMessage
-
     if isinstance(v, Message):
         return {"$msg": v.to_dict()}
     if isinstance(v, AgentMessage):
@@ -110,8 +109,6 @@ def decode_value(v: Any) -> Any:
         if "$msg" in v:
             return Message.from_dict(v["$msg"])
         if "$amsg" in v:
-            from ...mailbox import AgentMessage
-
             d = v["$amsg"]
             return AgentMessage(d["from_id"], d["to"], d["content"])
     return v
