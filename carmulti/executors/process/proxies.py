@@ -26,6 +26,7 @@ import orjson
 from carcore import check_json_value
 
 from ... import tracing as _tracing
+from ...budget import BudgetSnapshot
 from ...mailbox import Inbox, Mailbox
 from ...types import Message
 from .payloads import FRAME_OVERHEAD, decode_value, encode_value, too_big
@@ -264,8 +265,6 @@ class RemoteBudget:
 
     def snapshot(self) -> Any:
         """The coordinator's current totals (a :class:`~carmulti.BudgetSnapshot`)."""
-        from ...budget import BudgetSnapshot
-
         d = self._call("snapshot")
         return BudgetSnapshot(d["input_tokens"], d["output_tokens"], d["total_tokens"], d["cost_usd"],
                               d["agents_started"], self.limits, d["exhausted"])

@@ -21,6 +21,7 @@ import orjson
 
 from ... import tracing as _tracing
 from ...mailbox import Inbox, Mailbox
+from ...types import TokenAccounting
 from . import wire
 from .hosting import Hosts
 from .payloads import (FRAME_OVERHEAD, decode_value, encode_error, encode_value, find_unserializable, pack_frames,
@@ -236,8 +237,6 @@ class Services:
             budget.begin_agent()
             return None
         if m == "record":
-            from ...types import TokenAccounting
-
             budget.record(TokenAccounting(*body["args"][0]))
             return None
         if m == "snapshot":
