@@ -93,6 +93,17 @@ def ipc_endpoint(name: str) -> Iterator[str]:
         os.rmdir(tmp)
 
 
+#: How long a baseline waits for its child processes' next answer before it gives up (seconds).
+BASELINE_WAIT_S = 60.0
+
+
+def silent(what: str, procs: list[Any], wait_s: float) -> RuntimeError:
+    """The error of a baseline whose child processes sent nothing for ``wait_s`` seconds, with their states."""
+    states = ", ".join(f"pid {p.pid} " + ("alive" if p.is_alive() else f"exited with {p.exitcode}") for p in procs)
+    return RuntimeError(f"{what}: no answer from its child processes for {wait_s:g} s ({states}); "
+                        "the baseline cannot be measured")
+
+
 def reap(proc: Any, timeout_s: float = 10.0) -> None:
     """Wait ``timeout_s`` for a child process to exit, then kill it and wait again."""
     proc.join(timeout=timeout_s)

@@ -41,7 +41,7 @@ import carmulti
 from carmulti import AgentSpec, LocalExecutor, MapReduce, ProcessExecutor, RayExecutor, SharedInfra, Swarm
 
 from ._report import Report, Row, add_common_arguments, median, progress, repeats
-from ._util import RssSampler, ipc_endpoint, reap
+from ._util import BASELINE_WAIT_S, RssSampler, ipc_endpoint, reap, silent
 from .minimal_engine import minimal_engine
 
 PHI = (math.sqrt(5) - 1) / 2
@@ -243,7 +243,9 @@ def _raw_zmq(n: int, size: int, repeat: int, tick: Callable[[], None] = _noop) -
         return _raw_zmq_at(endpoint, n, size, repeat, tick)
 
 
-def _raw_zmq_at(endpoint: str, n: int, size: int, repeat: int, tick: Callable[[], None]) -> list[float]:
+def _raw_zmq_at(endpoint: str, n: int, size: int, repeat: int, tick: Callable[[], None],
+                wait_s: float = BASELINE_WAIT_S) -> list[float]:
+    """Raises: RuntimeError: the echo process sent nothing for ``wait_s`` seconds (it died, or never bound)."""
     import multiprocessing
 
     import zmq
@@ -255,23 +257,28 @@ def _raw_zmq_at(endpoint: str, n: int, size: int, repeat: int, tick: Callable[[]
     s.setsockopt(zmq.LINGER, 0)
     s.setsockopt(zmq.SNDHWM, 0)
     s.setsockopt(zmq.RCVHWM, 0)
+    s.setsockopt(zmq.RCVTIMEO, int(wait_s * 1000))
+    s.setsockopt(zmq.SNDTIMEO, int(wait_s * 1000))
     s.connect(endpoint)
     payload = b"x" * size
     rates = []
     try:
-        s.send(payload)  # connection warm-up
-        s.recv()
-        for _ in range(repeat):
-            t0 = time.perf_counter()
-            sent = got = 0
-            while got < n:  # keep up to 1000 in flight
-                while sent < n and sent - got < 1000:
-                    s.send(payload)
-                    sent += 1
-                s.recv()
-                got += 1
-            rates.append(n / (time.perf_counter() - t0))
-            tick()
+        try:
+            s.send(payload)  # connection warm-up
+            s.recv()
+            for _ in range(repeat):
+                t0 = time.perf_counter()
+                sent = got = 0
+                while got < n:  # keep up to 1000 in flight
+                    while sent < n and sent - got < 1000:
+                        s.send(payload)
+                        sent += 1
+                    s.recv()
+                    got += 1
+                rates.append(n / (time.perf_counter() - t0))
+                tick()
+        except zmq.Again:
+            raise silent("raw pyzmq baseline", [proc], wait_s) from None
         s.send(b"stop")
     finally:
         s.close(0)

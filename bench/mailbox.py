@@ -163,9 +163,10 @@ _LEN = struct.Struct(">I")
 
 
 class _Frames(asyncio.Protocol):
-    """Length-prefixed orjson frames: each one received goes on ``queue``; :meth:`send` writes one."""
+    """Length-prefixed orjson frames: each one received goes on ``queue`` (``None`` when the connection
+    closed); :meth:`send` writes one."""
 
-    def __init__(self, queue: asyncio.Queue[int]) -> None:
+    def __init__(self, queue: asyncio.Queue[int | None]) -> None:
         self.queue = queue
         self.buf = bytearray()
         self.transport: Any = None
@@ -185,13 +186,16 @@ class _Frames(asyncio.Protocol):
             pos += 4 + size
         del buf[:pos]
 
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.queue.put_nowait(None)
+
     def send(self, v: int) -> None:
         data = orjson.dumps(v)
         self.transport.write(_LEN.pack(len(data)) + data)
 
 
 async def _frames(fd: int) -> tuple[Any, _Frames]:
-    queue: asyncio.Queue[int] = asyncio.Queue()
+    queue: asyncio.Queue[int | None] = asyncio.Queue()
     sock = socket.socket(fileno=fd)
     return await asyncio.get_running_loop().create_unix_connection(lambda: _Frames(queue), sock=sock)
 
@@ -201,6 +205,8 @@ async def _uvloop_child_main(fd: int, n: int) -> None:  # pragma: no cover - chi
     try:
         while True:
             v = await proto.queue.get()
+            if v is None:  # the parent is gone
+                return
             proto.send(v + 1)
             if v + 1 >= 2 * n - 1:
                 return
@@ -213,19 +219,24 @@ def _uvloop_child(conn: Connection[int, int], n: int) -> None:  # pragma: no cov
     conn.close()
 
 
+_CLOSED = "uvloop ping-pong baseline: the child process closed its socket before its last answer"
+
+
 async def _uvloop_parent_main(fd: int, n: int) -> float:
     transport, proto = await _frames(fd)
     try:
         proto.send(-1)
-        await proto.queue.get()
+        if await proto.queue.get() is None:
+            raise RuntimeError(_CLOSED)
         t0 = time.perf_counter()
         proto.send(0)
         while True:
             v = await proto.queue.get()
+            if v is None:
+                raise RuntimeError(_CLOSED)
             if v >= 2 * n - 1:
-                break
+                return n / (time.perf_counter() - t0)
             proto.send(v + 1)
-        return n / (time.perf_counter() - t0)
     finally:
         transport.close()
 

@@ -26,7 +26,7 @@ from typing import Any, Callable
 import orjson
 import uvloop
 
-from ._util import ipc_endpoint, reap
+from ._util import BASELINE_WAIT_S, ipc_endpoint, reap, silent
 
 __all__ = ["minimal_engine"]
 
@@ -88,8 +88,21 @@ async def _coordinate(n: int, workers: int, batch_size: int, inflight_per_worker
         return await _coordinate_at(endpoint, n, workers, batch_size, inflight_per_worker, repeat, tick)
 
 
+async def _recv(sock: Any, procs: list[Any], wait_s: float) -> list[bytes]:
+    """The next multipart message on ``sock``.
+
+    Raises:
+        RuntimeError: nothing came for ``wait_s`` seconds (a worker died or never connected).
+    """
+    try:
+        frames: list[bytes] = await asyncio.wait_for(sock.recv_multipart(), wait_s)
+    except asyncio.TimeoutError:
+        raise silent("minimal engine", procs, wait_s) from None
+    return frames
+
+
 async def _coordinate_at(endpoint: str, n: int, workers: int, batch_size: int, inflight_per_worker: int,
-                         repeat: int, tick: Callable[[], None]) -> list[float]:
+                         repeat: int, tick: Callable[[], None], wait_s: float = BASELINE_WAIT_S) -> list[float]:
     import zmq
     import zmq.asyncio
 
@@ -104,7 +117,7 @@ async def _coordinate_at(endpoint: str, n: int, workers: int, batch_size: int, i
     try:
         for p in procs:
             p.start()
-        idents = [(await sock.recv_multipart())[0] for _ in procs]
+        idents = [(await _recv(sock, procs, wait_s))[0] for _ in procs]
         for _ in range(repeat):
             t0 = time.perf_counter()
             answers: list[Any] = [None] * n
@@ -118,7 +131,7 @@ async def _coordinate_at(endpoint: str, n: int, workers: int, batch_size: int, i
                     out[turn] += len(frame)
                     sent += len(frame)
                     turn = (turn + 1) % workers
-                ident, body = await sock.recv_multipart()
+                ident, body = await _recv(sock, procs, wait_s)
                 done = orjson.loads(body)
                 out[idents.index(ident)] -= len(done)
                 for jid, answer in done:
@@ -143,6 +156,7 @@ def minimal_engine(n: int, workers: int, batch_size: int, repeat: int, tick: Cal
     """Agents/s of each of ``repeat`` runs of ``n`` zero-latency agents on the minimal engine (see the module docstring).
 
     Raises:
-        RuntimeError: an answer did not come back.
+        RuntimeError: an answer did not come back, or the workers sent nothing for
+            ``BASELINE_WAIT_S`` seconds.
     """
     return uvloop.run(_coordinate(n, workers, batch_size, inflight_per_worker, repeat, tick))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import subprocess
 import sys
@@ -90,6 +91,40 @@ def test_mailbox_baselines_children_exit_by_themselves() -> None:
     assert bmail._uvloop_baseline(50) > 0
     with pytest.raises(RuntimeError, match="_pipe_child ended with 1"):  # EOF before its first number
         bmail._with_child(bmail._pipe_child, lambda a, n: 1.0, 50)
+    # A child that dies (here: it cannot read the uvloop baseline's frames) fails the run instead of hanging it.
+    with pytest.raises(RuntimeError, match="_pipe_child ended with 1") as info:
+        bmail._with_child(bmail._pipe_child, bmail._uvloop_parent, 50)
+    assert str(info.value.__context__) == bmail._CLOSED
+
+
+def test_fanout_baselines_fail_when_their_children_go_silent(tmp_path: Path) -> None:
+    import multiprocessing
+
+    import zmq
+    import zmq.asyncio
+
+    from bench import fanout as bfan
+    from bench import minimal_engine as bmin
+
+    # The echo process cannot bind (no such directory) and exits: the raw pyzmq baseline names it.
+    with pytest.raises(RuntimeError, match=r"raw pyzmq baseline: no answer .* for 1 s \(pid \d+ exited with 1\)"):
+        bfan._raw_zmq_at(f"ipc://{tmp_path}/missing/echo", 10, 8, 1, lambda: None, wait_s=1.0)
+    proc = multiprocessing.get_context("spawn").Process(target=int)  # exits at once, status 0
+    proc.start()
+    proc.join(10)
+
+    async def wait_on_nobody() -> None:
+        ctx = zmq.asyncio.Context()
+        sock = ctx.socket(zmq.ROUTER)
+        try:
+            sock.bind(f"ipc://{tmp_path}/engine")
+            await bmin._recv(sock, [proc], 0.2)
+        finally:
+            sock.close(0)
+            ctx.term()
+
+    with pytest.raises(RuntimeError, match=r"minimal engine: no answer .* for 0.2 s \(pid \d+ exited with 0\)"):
+        asyncio.run(wait_on_nobody())
 
 
 def _bench(tmp_path: Path, *argv: str) -> tuple[str, dict]:
