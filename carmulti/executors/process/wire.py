@@ -37,7 +37,8 @@ Kinds, coordinator → worker:
 * ``put``     ``{"t", "rid", "hid", "msg", "timeout_s"}``: put ``msg`` in the inbox this worker hosts as
   ``hid`` (answered by ``putr``); ``pcancel`` ``{"t", "rid"}``; ``hclose`` ``{"t", "hids": [id]}``: close
   and drop hosted inboxes; ``lost`` ``{"t", "worker", "reason"}``: a peer worker died. ``put``,
-  ``pcancel`` and ``putr`` also travel worker to worker on the peer sockets (:mod:`.peers`).
+  ``pcancel`` and ``putr`` also travel worker to worker on the peer connections, either way
+  (:mod:`.peers`), after ``phello`` ``{"t", "worker"}``: the identity of the worker that connected.
 
 Kinds, worker → coordinator:
 
@@ -76,7 +77,7 @@ from ...errors import WireProtocolError
 from ._fields import _MISSING, _NUM, _fail, _int, _int_list, _list, _opt, _str, _tn, _trace, _want, _want_str
 from .payloads import OUTPUT_FIELDS
 
-__all__ = ["DEFAULT_MAX_FRAME_BYTES", "SOCKET_SLACK", "TO_COORDINATOR", "TO_HOST", "TO_PEER", "TO_WORKER", "VERSION", "decode", "encode",
+__all__ = ["DEFAULT_MAX_FRAME_BYTES", "PEER", "SOCKET_SLACK", "TO_COORDINATOR", "TO_WORKER", "VERSION", "decode", "encode",
            "encode_job", "encode_result", "encode_spec", "has_input", "salvage_ids"]
 
 #: The protocol version byte (frame 0 of every message).
@@ -370,6 +371,10 @@ def _v_lost(b: dict[str, Any], blob: bool) -> None:
     _str(b, "reason", "$")
 
 
+def _v_phello(b: dict[str, Any], blob: bool) -> None:
+    _str(b, "worker", "$")
+
+
 def _v_putr(b: dict[str, Any], blob: bool) -> None:
     if "ok" in b or "gone" in b:
         _int(b, "rid", "$")
@@ -553,9 +558,8 @@ TO_WORKER: dict[str, Check] = {
     "cancel": _v_cancel, "ping": _v_ping, "stop": _v_none, "forget": _v_forget, "put": _v_put,
     "pcancel": _v_rid, "hclose": _v_hclose, "lost": _v_lost,
 }
-#: Kinds a worker's peer socket accepts (from another worker), and the answers it gets back.
-TO_HOST: dict[str, Check] = {"put": _v_put, "pcancel": _v_rid}
-TO_PEER: dict[str, Check] = {"putr": _v_putr}
+#: Kinds on a connection between two workers, either way: who connected, puts, and their answers.
+PEER: dict[str, Check] = {"phello": _v_phello, "put": _v_put, "pcancel": _v_rid, "putr": _v_putr}
 #: Kinds the coordinator accepts (from a worker) and their validators.
 TO_COORDINATOR: dict[str, Check] = {
     "hello": _v_hello, "batch": _v_batch, "rpc": _v_rpc, "pong": _v_pong, "stuck": _v_stuck, "nack": _v_nack,
