@@ -13,7 +13,7 @@ from typing import Any, AsyncIterator
 import pytest
 
 from carmulti import MailboxSend, Message
-from carmulti.executors.process.peers import Peers
+from carmulti.executors.process.peers import Peers, _Link
 from carmulti.executors.process.wire import DEFAULT_MAX_FRAME_BYTES
 
 pytestmark = pytest.mark.timeout(30)
@@ -100,3 +100,21 @@ async def test_a_phello_is_taken_once_and_only_on_a_connection_that_was_made_to_
     a.on_hello(a.links["w1.0"], "w7.0")  # on a connection we opened: refused
     assert to_a.host == "w0.0" and a.links["w1.0"].host == "w1.0"
     assert (a.rejected, b.rejected) == (1, 1)
+
+
+async def test_an_answer_counts_only_on_the_connection_its_put_left_on(pair: tuple[Peers, Peers]) -> None:
+    a, b = pair
+    pid = os.getpid()
+    bob = b.host(OID, "bob", 20, 1)
+    assert await a.put(OID, [20, "w1.0", pid], Message("alice", "bob", "fills it"), None)
+    waiting = asyncio.ensure_future(a.put(OID, [20, "w1.0", pid], Message("alice", "bob", "waits"), None))
+    for _ in range(100):
+        if b.tasks:
+            break
+        await asyncio.sleep(0.005)
+    (rid,) = a.pending
+    a.on_answer(_Link(a, "w9.0"), {"t": "putr", "rid": rid, "ok": True})  # another worker's connection
+    assert a.rejected == 1 and not waiting.done()
+    assert bob.try_recv().content == "fills it"  # room: the waiting put gets in and is answered on its link
+    assert await asyncio.wait_for(waiting, 5) is True
+    assert bob.try_recv().content == "waits"

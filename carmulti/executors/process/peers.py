@@ -171,7 +171,7 @@ class _Link(asyncio.Protocol):
             if t == "put":
                 peers.serve_put(body, self)
             elif t == "putr":
-                peers.on_answer(body)
+                peers.on_answer(self, body)
             elif t == "pcancel":
                 peers.cancel_put(self, body["rid"])
             else:
@@ -389,8 +389,16 @@ class Peers:
                 return link
         return None
 
-    def on_answer(self, body: dict[str, Any]) -> None:
-        """A ``putr`` from a host."""
+    def on_answer(self, link: _Link, body: dict[str, Any]) -> None:
+        """A ``putr`` on ``link``: settles our put with that rid if the put left on ``link`` (a late
+        answer to a put given up is dropped; one for a put sent elsewhere is refused)."""
+        ent = self.pending.get(body["rid"])
+        if ent is None:
+            return
+        if ent[4] is not link:
+            self.reject(WireProtocolError("$.rid", f"a putr for put {body['rid']}, which did not leave on this "
+                                                   "connection"))
+            return
         settle_put(self.pending, body)
 
     def on_link_lost(self, link: _Link) -> None:
