@@ -33,6 +33,7 @@ import carmulti
 from carmulti import AgentOutput, AgentSpec, Mailbox, Message, ProcessExecutor, SharedInfra, Swarm
 
 from ._report import Report, Row, add_common_arguments, median, repeats
+from ._util import reap
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
@@ -146,10 +147,7 @@ def _with_child(child: Callable[[Connection[int, int], int], None], parent: Call
         return parent(a, n)
     finally:
         a.close()
-        proc.join(timeout=10)
-        if proc.is_alive():
-            proc.kill()
-            proc.join()
+        reap(proc)
         if proc.exitcode != 0:
             raise RuntimeError(f"the baseline's child process {child.__name__} ended with {proc.exitcode} "
                                "(killed after 10 s if negative): the baseline is broken")
