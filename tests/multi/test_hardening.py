@@ -5,6 +5,7 @@ failures in MapReduce, and text with lone surrogates."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import threading
 
@@ -177,6 +178,58 @@ async def test_cancelling_a_pattern_cancels_its_runners_even_with_an_agent_timeo
             await task
         await asyncio.sleep(0.6)
     assert seen == {"started": 2, "finished": 0, "cancelled": 2}
+
+
+async def test_cancelling_a_parallel_round_cancels_every_runner():
+    # no agent timeout: the batch's own tasks (LocalExecutor.run_batch) are what the cancellation reaches
+    seen = {"started": 0, "cancelled": 0}
+
+    class Slow:
+        async def run(self, spec, task, runtime, mailbox):
+            seen["started"] += 1
+            try:
+                await asyncio.sleep(5)
+            except asyncio.CancelledError:
+                seen["cancelled"] += 1
+                raise
+            return "late"
+
+    async with SharedInfra(executor=LocalExecutor()) as infra:
+        task = asyncio.ensure_future(Swarm([AgentSpec(f"a{i}") for i in range(50)]).run("t", Slow(), infra))
+        while seen["started"] < 50:
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert seen == {"started": 50, "cancelled": 50}
+    assert not infra.state.keys()
+
+
+def test_a_loop_closed_under_a_batch_reports_no_agent_task_one_by_one():
+    # as with asyncio.gather's own tasks: a loop closed with a big batch pending does not report
+    # "Task was destroyed but it is pending!" once per agent
+    reported: list[str] = []
+    loop = asyncio.new_event_loop()
+    loop.set_exception_handler(lambda _loop, ctx: reported.append(repr(ctx.get("task"))))
+
+    class Forever:
+        async def run(self, spec, task, runtime, mailbox):
+            await asyncio.sleep(3600)
+            return "never"
+
+    async def start() -> asyncio.Task:
+        infra = SharedInfra(executor=LocalExecutor())
+        pattern = loop.create_task(Swarm([AgentSpec(f"a{i}") for i in range(20)]).run("t", Forever(), infra))
+        pattern._log_destroy_pending = False  # this test's own task
+        for _ in range(5):
+            await asyncio.sleep(0)
+        return pattern
+
+    pattern = loop.run_until_complete(start())
+    loop.close()
+    del pattern
+    gc.collect()
+    assert not [r for r in reported if "_run_agent" in r]
 
 
 class NegativeSpend:
