@@ -301,7 +301,7 @@ class AgentSpec:
         if len(d) == 1 and cls is AgentSpec:  # {"name": ...}: how a worker gets most specs (encode_spec)
             name = d["name"]
             if isinstance(name, str) and name:  # else the constructor's error below
-                return _DEFAULT_SPEC._copy(name, _DEFAULT_SPEC.system_prompt, _NO_METADATA)
+                return _named_spec(name)
         tools = d.get("tools")
         return cls(
             name=d["name"],
@@ -321,6 +321,12 @@ _new_spec = object.__new__
 
 #: The class's defaults, which from_dict's name-only path copies (``AgentSpec(name)`` without ``__init__``).
 _DEFAULT_SPEC = AgentSpec("default")
+
+
+def _named_spec(name: str) -> AgentSpec:
+    """``AgentSpec(name)`` for a ``name`` the caller checked (a non-empty str), without re-validating the
+    defaults: a spec decoded from ``{"name": ...}`` or from a process worker's ``fan`` frame."""
+    return _DEFAULT_SPEC._copy(name, _DEFAULT_SPEC.system_prompt, _NO_METADATA)
 
 
 @dataclass

@@ -322,7 +322,7 @@ class DropFirstResult(ProcessExecutor):
     dropped = 0
 
     def _on_batch(self, w: Any, body: dict[str, Any]) -> None:
-        if body.get("results") and not self.dropped:
+        if (body.get("results") or body.get("done")) and not self.dropped:  # either form of result
             self.dropped += 1
             return
         super()._on_batch(w, body)

@@ -13,6 +13,7 @@ from carmulti.executors.process import payloads as P
 from carmulti.executors.process import wire as W
 
 JOB = {"id": 1, "runner": 1, "infra": 1, "spec": {"name": "a"}, "task": "t"}
+FAN = {"t": "fan", "runner": 1, "infra": 2, "ids": [7, 8], "names": ["a", "b"], "tasks": ["t", "u"]}
 
 
 def frames(body, *, version=W.VERSION, blob=None):
@@ -25,8 +26,14 @@ def frames(body, *, version=W.VERSION, blob=None):
 def test_valid_frames_decode():
     body, blob = W.decode(frames({"t": "jobs", "jobs": [JOB]}), W.TO_WORKER)
     assert body["jobs"][0]["spec"]["name"] == "a" and blob is None
+    body, blob = W.decode(frames(FAN), W.TO_WORKER)
+    assert body == FAN and blob is None
+    mb = {"kind": "mailbox", "object": 4, "buffer_size": 100}
+    assert W.decode(frames(dict(FAN, mailbox=mb)), W.TO_WORKER)[0]["mailbox"] == mb
     body, blob = W.decode(frames({"t": "runner", "id": 3}, blob=b"dill"), W.TO_WORKER)
     assert blob == b"dill"
+    done = W.encode_done([1, 2], ["x", "y"], [0.5, 1.0])
+    assert W.decode(frames(done), W.TO_COORDINATOR)[0] == done
     out = P.output_to_wire(AgentOutput("a", "x", 1, 0, 1.5, tokens=TokenAccounting(1, 2, 0.5), tools_used=["t"]))
     W.decode(frames({"t": "batch", "results": [{"id": 1, "output": out, "error": None, "duration_ms": 1.0,
                                                  "writes": [["s", "k", {"v": 1}, "w"], ["d", "k", "w"]]}]}),
@@ -67,6 +74,16 @@ def test_valid_frames_decode():
         (frames({"t": "jobs", "jobs": [dict(JOB, mailbox={"kind": "mailbox", "object": 1, "buffer_size": 2},
                                             spec={"name": ""})]}), "$.jobs[0].spec.name", "expected non-empty str"),
         (frames({"t": "ret", "replies": [{"rid": 1}]}), "$.replies[0]", "a reply needs 'ok' or 'err'"),
+        (frames(dict(FAN, runner="1")), "$.runner", "expected int, got str"),
+        (frames({k: v for k, v in FAN.items() if k != "tasks"}), "$.tasks", "missing required field"),
+        (frames(dict(FAN, names=["a"])), "$", "ids, names and tasks need one entry per job, got 2, 1 and 2"),
+        (frames(dict(FAN, ids=[7, True])), "$.ids[1]", "expected int, got bool"),
+        (frames(dict(FAN, names=["a", ""])), "$.names[1]", "expected non-empty str, got empty str"),
+        (frames(dict(FAN, names=[None, "b"])), "$.names[0]", "expected non-empty str, got null"),
+        (frames(dict(FAN, tasks=["t", 5])), "$.tasks[1]", "expected str, got int"),
+        (frames(dict(FAN, mailbox={"kind": "mailbox", "object": 1})), "$.mailbox.buffer_size",
+         "missing required field"),
+        (frames(dict(FAN, mailbox={"kind": "zzz"})), "$.mailbox.kind", "unknown mailbox kind"),
         (frames({"t": "cancel", "jobs": [1, "2"]}), "$.jobs[1]", "expected int, got str"),
     ],
 )
@@ -115,12 +132,33 @@ GOOD_OUT = ["a", "x", 1, 0, 1.0, None, None, []]
         ({"t": "batch", "requests": [{"rid": 1, "op": "tool", "job": 1, "tool": "x"}]}, "$.requests[0].params",
          "missing required field"),
         ({"t": "rpc", "rid": 1, "op": "get", "infra": 1}, "$.key", "missing required field"),
+        ({"t": "batch", "done": [1]}, "$.done", "expected object, got list"),
+        ({"t": "batch", "done": {"ids": [1], "answers": ["x"]}}, "$.done.durations", "missing required field"),
+        ({"t": "batch", "done": {"ids": [1, 2], "answers": ["x"], "durations": [1.0]}}, "$.done",
+         "ids, answers and durations need one entry per agent, got 2, 1 and 1"),
+        ({"t": "batch", "done": {"ids": ["1"], "answers": ["x"], "durations": [1.0]}}, "$.done.ids[0]",
+         "expected int, got str"),
+        ({"t": "batch", "done": {"ids": [1], "answers": [None], "durations": [1.0]}}, "$.done.answers[0]",
+         "expected str, got null"),
+        ({"t": "batch", "done": {"ids": [1], "answers": ["x"], "durations": [1]}}, "$.done.durations[0]",
+         "expected float, got int"),
     ],
 )
 def test_rejections_to_coordinator_name_the_path(body, path, text):
     with pytest.raises(WireProtocolError) as ei:
         W.decode(frames(body), W.TO_COORDINATOR)
     assert (ei.value.path, text in ei.value.msg) == (path, True), str(ei.value)
+
+
+def test_the_jobs_of_a_rejected_frame_are_salvaged_from_either_kind():
+    # the worker names them in its nack, and the coordinator fails exactly these
+    assert W.salvage_ids(orjson.dumps(dict(FAN, names=["a", ""])), "jobs", "id") == [7, 8]
+    assert W.salvage_ids(orjson.dumps(dict(FAN, ids=[7, "x", 9])), "jobs", "id") == [7, 9]
+    assert W.salvage_ids(orjson.dumps(dict(FAN, ids=None)), "jobs", "id") == []
+    assert W.salvage_ids(orjson.dumps({"t": "jobs", "jobs": [JOB, dict(JOB, id=2, task=None)]}), "jobs", "id") == [1, 2]
+    assert W.salvage_ids(b"[1]", "jobs", "id") == [] and W.salvage_ids(b"{oops", "jobs", "id") == []
+    batch = {"t": "batch", "results": [{"id": 3, "output": None}], "done": {"ids": [4, None, 5], "answers": []}}
+    assert W.salvage_ids(orjson.dumps(batch), "results", "id") == [3, 4, 5]
 
 
 def test_oversize_body_is_rejected():

@@ -2,11 +2,12 @@
 
 Owns every job from ``run_agent``/``run_batch`` to its :class:`~carmulti.executors.AgentRun`:
 the FIFO queue, spreading jobs evenly over the ready workers
-(``max_inflight_per_worker``), encoding them into byte-sized ``jobs`` frames
-(an agent whose own job cannot fit fails with the size and the limit),
-handling ``batch`` frames (events into the coordination's log, requests to
-:mod:`.services`, results: state writes applied to the shared store or to the
-agent's overlay), deadlines (``agent_timeout_s`` + grace: ask the worker; a
+(``max_inflight_per_worker``), encoding them into byte-sized ``fan`` frames
+(plain jobs, column by column) and ``jobs`` frames (an agent whose own job
+cannot fit fails with the size and the limit), handling ``batch`` frames
+(events into the coordination's log, requests to :mod:`.services`, results:
+state writes applied to the shared store or to the agent's overlay; the
+``done`` columns of common successes), deadlines (``agent_timeout_s`` + grace: ask the worker; a
 result it no longer owes was lost), rejected frames (fail exactly the jobs
 they carried), and what happens to the jobs of a worker that died (fail them,
 at-most-once, or run idempotent ones again).
@@ -26,6 +27,7 @@ from ... import _strings as S
 from ... import tracing as _tracing
 from ...errors import WireProtocolError
 from ...isolation import AgentContext
+from ...types import AgentOutput
 from ..base import IDEMPOTENT_METADATA_KEY, AgentJob, AgentRun
 from . import wire
 from .payloads import FRAME_OVERHEAD, apply_writes, find_unserializable, output_from_wire, pack_frames, too_big
@@ -134,55 +136,89 @@ class Scheduler:
 
     # -- sending ----------------------------------------------------------------------------------------------------
     def flush_jobs(self, w: WorkerHandle) -> None:
-        """Encode ``w``'s assigned jobs and send them (set-up frames first), in frames sized by bytes."""
+        """Encode ``w``'s assigned jobs and send them (set-up frames first), in frames sized by bytes.
+
+        Runs of jobs that :func:`~.wire.fan_ready` admits (same runner, coordination and mailbox, no
+        timeout, no trace context) go column by column in ``fan`` frames; the others, and a run whose
+        frame orjson refuses or that exceeds ``max_frame_bytes``, in ``jobs`` frames.
+        """
         send = self.transport.send
         ps, w.outbox = w.outbox, []
-        encoded = self._encode(w, ps)
+        segments = self._encode(w, ps)
         for f in w.setup:
             send(w, f)
         w.setup.clear()
         bs = self.config.batch_size
         limit = self.config.max_frame_bytes
-        for k in range(0, len(encoded), bs):
-            chunk = encoded[k:k + bs]
-            try:
-                data: bytes | None = orjson.dumps({"t": "jobs", "jobs": chunk})
-            except TypeError:
-                data = None
-            if data is not None and len(data) <= limit:
-                send(w, [wire.VERSION, data])
-                continue
-            # rare: a job orjson refused, or more bytes than one frame takes: job by job
-            parts = []
-            for d in chunk:
-                problem = None
-                try:
-                    b = orjson.dumps(d)
-                    if len(b) > limit - FRAME_OVERHEAD:
-                        task_bytes = len(d["task"].encode("utf-8", "surrogatepass"))
-                        problem = too_big(f"the job of agent '{d['spec']['name']}' (task of {task_bytes} bytes)",
-                                          len(b), limit)
-                except TypeError:
-                    bad = find_unserializable(d, "$") or ("$", "not JSON-serializable")
-                    problem = f"{bad[0]}: {bad[1]}"
-                if problem is None:
-                    parts.append(b)
-                    continue
-                self._fail_unsent(w, d["id"], problem)
-            for body in pack_frames(b'{"t":"jobs","jobs":[', b"]}", parts, limit):
-                send(w, [wire.VERSION, body])
+        for seg in segments:
+            items = seg.items
+            for k in range(0, len(items), bs):
+                chunk = items[k:k + bs]
+                if seg.fan:
+                    data = self._fan_frame(seg, chunk, limit)
+                    if data is not None:
+                        send(w, [wire.VERSION, data])
+                        continue
+                    chunk = [wire.encode_job(p.id, seg.runner, seg.infra, p.job, None, seg.mailbox) for p in chunk]
+                self._send_jobs(w, chunk, limit)
         grace = self.config.cancel_grace_s
         loop = self.state.loop
-        for d in encoded:
-            to = d.get("timeout_s")
-            if to is not None:
-                p = self.pending.get(d["id"])
-                if p is not None and p.deadline is None:
-                    p.deadline = loop.call_later(to + grace + 0.1, self._deadline, p)  # type: ignore[union-attr]
+        for seg in segments:
+            if seg.fan:
+                continue  # no timeout
+            for d in seg.items:
+                to = d.get("timeout_s")
+                if to is not None:
+                    p = self.pending.get(d["id"])
+                    if p is not None and p.deadline is None:
+                        p.deadline = loop.call_later(to + grace + 0.1, self._deadline, p)  # type: ignore[union-attr]
 
-    def _encode(self, w: WorkerHandle, ps: list[PendingJob]) -> list[dict[str, Any]]:
-        """Encode jobs for ``w``, queuing the runner/coordination frames it has not had yet."""
-        encoded: list[dict[str, Any]] = []
+    @staticmethod
+    def _fan_frame(seg: "_Segment", chunk: list[PendingJob], limit: int) -> bytes | None:
+        """The ``fan`` frame of ``chunk``, or ``None`` when orjson refuses it (a lone surrogate) or it is too big."""
+        try:
+            data = orjson.dumps(wire.encode_fan(seg.runner, seg.infra, [p.id for p in chunk],
+                                                [p.job.spec.name for p in chunk], [p.job.task for p in chunk],
+                                                seg.mailbox))
+        except TypeError:
+            return None
+        return data if len(data) <= limit else None
+
+    def _send_jobs(self, w: WorkerHandle, chunk: list[dict[str, Any]], limit: int) -> None:
+        """Jobs as ``jobs`` frames: one frame when it fits, else job by job (a job that cannot go fails)."""
+        send = self.transport.send
+        try:
+            data: bytes | None = orjson.dumps({"t": "jobs", "jobs": chunk})
+        except TypeError:
+            data = None
+        if data is not None and len(data) <= limit:
+            send(w, [wire.VERSION, data])
+            return
+        # rare: a job orjson refused, or more bytes than one frame takes: job by job
+        parts = []
+        for d in chunk:
+            problem = None
+            try:
+                b = orjson.dumps(d)
+                if len(b) > limit - FRAME_OVERHEAD:
+                    task_bytes = len(d["task"].encode("utf-8", "surrogatepass"))
+                    problem = too_big(f"the job of agent '{d['spec']['name']}' (task of {task_bytes} bytes)",
+                                      len(b), limit)
+            except TypeError:
+                bad = find_unserializable(d, "$") or ("$", "not JSON-serializable")
+                problem = f"{bad[0]}: {bad[1]}"
+            if problem is None:
+                parts.append(b)
+                continue
+            self._fail_unsent(w, d["id"], problem)
+        for body in pack_frames(b'{"t":"jobs","jobs":[', b"]}", parts, limit):
+            send(w, [wire.VERSION, body])
+
+    def _encode(self, w: WorkerHandle, ps: list[PendingJob]) -> list["_Segment"]:
+        """Encode jobs for ``w`` into segments (see :class:`_Segment`), queuing the runner/coordination frames
+        it has not had yet."""
+        segments: list[_Segment] = []
+        seg: _Segment | None = None
         now = time.monotonic()
         last_runner: Any = None
         last_coord: Any = None
@@ -191,6 +227,7 @@ class Scheduler:
         oids: list[int] = []
         to: float | None = None
         limit = self.config.max_frame_bytes
+        fan_ready = wire.fan_ready
         for p in ps:
             if p.done:
                 continue
@@ -219,8 +256,19 @@ class Scheduler:
                     last_mb = mb
                 if mb is not None:
                     p.objects = oids
-                d = wire.encode_job(p.id, p.runner_entry.cid, p.coordination_entry.cid, job, to,
-                                    mbdesc if mb is not None else None, p.trace)
+                desc = mbdesc if mb is not None else None
+                rc, ic = p.runner_entry.cid, p.coordination_entry.cid
+                if to is None and p.trace is None and fan_ready(job):
+                    if seg is None or not seg.fan or seg.runner != rc or seg.infra != ic or seg.mailbox is not desc:
+                        seg = _Segment(True, rc, ic, desc)
+                        segments.append(seg)
+                    seg.items.append(p)
+                else:
+                    d = wire.encode_job(p.id, rc, ic, job, to, desc, p.trace)
+                    if seg is None or seg.fan:
+                        seg = _Segment(False, rc, ic, None)
+                        segments.append(seg)
+                    seg.items.append(d)
             except Exception as exc:  # noqa: BLE001 - e.g. an unpicklable runner or a foreign mailbox
                 w.inflight.pop(p.id, None)
                 self.resolve(p, AgentRun(None, f"could not send agent '{job.spec.name}' to a worker: "
@@ -228,8 +276,7 @@ class Scheduler:
                 continue
             p.unsent = False
             p.sent_at = now
-            encoded.append(d)
-        return encoded
+        return segments
 
     def _fail_unsent(self, w: WorkerHandle, jid: int, problem: str) -> None:
         p = self.pending.get(jid)
@@ -266,6 +313,23 @@ class Scheduler:
                     continue
                 inflight.pop(p.id, None)
                 self._on_result(p, r)
+        done = body.get("done")
+        if done:
+            pending = self.pending
+            inflight = w.inflight
+            resolve = self.resolve
+            for jid, answer, dur in zip(done["ids"], done["answers"], done["durations"]):
+                p = pending.get(jid)
+                if p is None or p.worker is not w:
+                    continue
+                inflight.pop(jid, None)
+                job = p.job
+                name = job.spec.name
+                ctx = AgentContext(name, p.coordination.state) if job.isolated else None  # no writes to apply
+                run = AgentRun(AgentOutput(name, answer, 1, 0, dur, None, None, None, []), None, dur, ctx)
+                if job.capture_writes:
+                    run.writes = []
+                resolve(p, run)
 
     def _on_result(self, p: PendingJob, r: dict[str, Any]) -> None:
         state = p.coordination.state
@@ -480,3 +544,17 @@ class Scheduler:
         for p in list(self.pending.values()):
             self.resolve(p, None if error is None else AgentRun(None, error, 0.0), exc)
         self.queue.clear()
+
+
+class _Segment:
+    """Consecutive jobs for one worker that travel alike: ``fan`` (their :class:`PendingJob` s, one runner,
+    coordination and mailbox descriptor, sent as ``fan`` frames) or not (their ``jobs`` entries)."""
+
+    __slots__ = ("fan", "runner", "infra", "mailbox", "items")
+
+    def __init__(self, fan: bool, runner: int, infra: int, mailbox: dict[str, Any] | None) -> None:
+        self.fan = fan
+        self.runner = runner
+        self.infra = infra
+        self.mailbox = mailbox
+        self.items: list[Any] = []

@@ -3,7 +3,8 @@
 Owns every frame kind: how it is built (``encode_*``) and how it is checked and
 read (:func:`decode` with the validators below), side by side. Payload codecs
 shared by several kinds (outputs, state writes, tagged values, errors, sizes)
-are in :mod:`.payloads`, the field checks the validators are made of in
+are in :mod:`.payloads`, the checks of the items frames carry (jobs, outputs,
+results, requests) in :mod:`._items`, the field checks both are made of in
 :mod:`._fields`.
 
 Every ZeroMQ message is a multipart message of **two or three frames**::
@@ -27,6 +28,10 @@ Kinds, coordinator → worker:
   "buffer_size"} | {"kind": "pool", "agent_id", "inbox", "router", "capacity"},
   "trace"?: {"traceparent": str, ...}}`` (``trace``: the coordinator's trace context, the
   parent of the agent's span; see :mod:`carmulti.tracing`).
+* ``fan``     ``{"t", "runner", "infra", "ids": [id], "names": [str], "tasks": [str], "mailbox"?}``:
+  jobs of one runner and coordination with every optional field at its default and a spec of
+  only its name (a big fan-out's), column by column (:func:`encode_fan`); job ``i`` is
+  ``{"id": ids[i], "runner", "infra", "spec": {"name": names[i]}, "task": tasks[i], "mailbox"?}``.
 * ``ret``     ``{"t", "replies": [{"rid", "ok": value} | {"rid", "err": error}]}``.
 * ``rret``    ``{"t", "rid", "ok" | "err"}``: the reply to one synchronous ``rpc``.
 * ``cancel``  ``{"t", "jobs": [id]}``: the caller cancelled these jobs.
@@ -46,7 +51,10 @@ Kinds, worker → coordinator:
 * ``batch``   ``{"t", "events"?: [[infra, [event]]], "requests"?: [request],
   "results"?: [result]}``; result = ``{"id", "output": output | null, "error": str |
   null, "duration_ms", "writes"?: [write]}``; output: see :func:`~.payloads.output_to_wire`;
-  write = ``["s", key, value, writer]`` or ``["d", key, writer]``; request =
+  write = ``["s", key, value, writer]`` or ``["d", key, writer]``; or ``{"t", "done": {"ids":
+  [id], "answers": [str], "durations": [float]}}`` (:func:`encode_done`): agents whose output is
+  the common success (the spec's name, the answer, one turn, no tool calls, tokens, outcome, tools,
+  error or state writes, the run's duration), column by column; request =
   ``{"rid", "op": "tool", "job", "tool", "params", "trace"?}`` | ``{"rid", "op": "call", "job",
   "object", "method", "args", "kwargs"?}`` | ``{"rid", "op": "cancel", "target"}``.
 * ``rpc``     ``{"t", "rid", "op": "get"|"exists"|"keys"|"call"|"budget", "infra"?, "key"?,
@@ -74,11 +82,11 @@ import orjson
 import zmq
 
 from ...errors import WireProtocolError
-from ._fields import _MISSING, _NUM, _fail, _int, _int_list, _list, _opt, _str, _tn, _trace, _want, _want_str
-from .payloads import OUTPUT_FIELDS
+from ._fields import _MISSING, _fail, _int, _int_list, _list, _opt, _str, _tn, _want
+from ._items import check_job, check_mailbox, check_reply, check_request, check_result
 
 __all__ = ["DEFAULT_MAX_FRAME_BYTES", "PEER", "SOCKET_SLACK", "TO_COORDINATOR", "TO_WORKER", "VERSION", "decode", "encode",
-           "encode_job", "encode_result", "encode_spec", "has_input", "salvage_ids"]
+           "encode_done", "encode_fan", "encode_job", "encode_result", "encode_spec", "fan_ready", "has_input", "salvage_ids"]
 
 #: The protocol version byte (frame 0 of every message).
 VERSION = b"\x01"
@@ -163,10 +171,21 @@ def salvage_ids(raw: bytes, field: str, key: str) -> list[int]:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:
         return []
-    items = body.get(field) if type(body) is dict else None
-    if type(items) is not list:
+    if type(body) is not dict:
         return []
-    return [it[key] for it in items if type(it) is dict and type(it.get(key)) is int]
+    if field == "jobs" and body.get("t") == "fan":  # a fan frame's jobs are its ids
+        return _ints(body.get("ids"))
+    items = body.get(field)
+    out = [it[key] for it in items if type(it) is dict and type(it.get(key)) is int] if type(items) is list else []
+    if field == "results":  # and a batch's done columns
+        done = body.get("done")
+        if type(done) is dict:
+            out += _ints(done.get("ids"))
+    return out
+
+
+def _ints(v: Any) -> list[int]:
+    return [i for i in v if type(i) is int] if type(v) is list else []
 
 
 # -- building the frames that carry agents ------------------------------------------------------------------------
@@ -212,6 +231,39 @@ def encode_job(jid: int, runner: int, infra: int, job: Any, timeout_s: float | N
     return d
 
 
+def fan_ready(job: Any) -> bool:
+    """Whether ``job`` can travel in a ``fan`` frame: a spec of only its name and every optional field of
+    the job at its default (the caller checks the rest: no timeout, no trace context)."""
+    spec = job.spec
+    return not (job.isolated or job.tools or job.tool_executor is not None or not job.register_spec_tools
+                or spec.system_prompt or spec.tools or spec.max_turns != 10 or spec.metadata or spec.cache_control)
+
+
+def encode_fan(runner: int, infra: int, ids: list[int], names: list[str], tasks: list[str],
+               mailbox: dict[str, Any] | None) -> dict[str, Any]:
+    """A ``fan`` frame's body: jobs that pass :func:`fan_ready`, column by column.
+
+    Measured against one ``jobs`` entry per job (4,096 name-only jobs, ``timeit``): 0.04 against
+    0.42 us a job to build and encode, 0.08 against 0.65 us to decode and check, 19 against 74
+    bytes a job.
+    """
+    d: dict[str, Any] = {"t": "fan", "runner": runner, "infra": infra, "ids": ids, "names": names, "tasks": tasks}
+    if mailbox is not None:
+        d["mailbox"] = mailbox
+    return d
+
+
+def encode_done(ids: list[int], answers: list[str], durations: list[float]) -> dict[str, Any]:
+    """A ``batch`` of common successes, column by column: the coordinator rebuilds each output as
+    ``AgentOutput(spec.name, answer, 1, 0, duration, tools_used=[])``.
+
+    Measured against one ``results`` entry per agent (4,096 outputs, ``timeit``): 0.08 against 0.41 us
+    an agent to build and encode, 0.36 against 1.19 us to decode, check and rebuild the outputs, 18
+    against 96 bytes an agent.
+    """
+    return {"t": "batch", "done": {"ids": ids, "answers": answers, "durations": durations}}
+
+
 def encode_result(jid: int, output: list[Any] | None, error: str | None, duration_ms: float,
                   writes: list[Any] | None) -> dict[str, Any]:
     """One ``batch.results`` entry: the wire output (see ``payloads.output_to_wire``) or the error, and the
@@ -224,93 +276,6 @@ def encode_result(jid: int, output: list[Any] | None, error: str | None, duratio
 
 # -- coordinator -> worker ----------------------------------------------------------------------------------------
 
-def _check_spec(s: Any, path: str) -> None:
-    if type(s) is not dict:
-        _fail(path, f"expected object, got {_tn(s)}")
-    name = s.get("name", _MISSING)
-    if name is _MISSING:
-        _fail(f"{path}.name", "missing required field")
-    if type(name) is not str or not name:
-        _fail(f"{path}.name", f"expected non-empty str, got {_tn(name) if type(name) is not str else 'empty str'}")
-    if len(s) > 1:
-        _opt(s, "system_prompt", str, path, "str")
-        tools = s.get("tools")
-        if tools is not None:
-            _want(tools, list, f"{path}.tools", "list")
-            for i, t in enumerate(tools):
-                _want(t, str, f"{path}.tools[{i}]", "str")
-        _opt(s, "max_turns", int, path, "int")
-        _opt(s, "metadata", dict, path, "object")
-        _opt(s, "cache_control", bool, path, "bool")
-
-
-def _check_job(j: Any, i: int) -> None:
-    """Job ``i`` of a jobs frame. The two shapes of a big fan-out (the required fields and a name-only spec, alone
-    or with the coordinator's mailbox) are checked in one expression, without building the job's ``$.path``
-    (1.2 us a job otherwise); anything else gets the field-by-field check."""
-    required = (type(j) is dict and type(j.get("id")) is int and type(j.get("runner")) is int
-                and type(j.get("infra")) is int and type(j.get("task")) is str and type(s := j.get("spec")) is dict
-                and len(s) == 1 and type(s.get("name")) is str and bool(s["name"]))
-    if required:
-        n = len(j)
-        if n == 5:
-            return
-        if n == 6 and type(mb := j.get("mailbox")) is dict and mb.get("kind") == "mailbox" \
-                and type(mb.get("object")) is int and type(mb.get("buffer_size")) is int:
-            return
-    _check_job_fields(j, f"$.jobs[{i}]", required)
-
-
-def _check_job_fields(j: Any, path: str, required_ok: bool) -> None:
-    """The field-by-field check of a job; ``required_ok``: its required fields and name-only spec already passed."""
-    if not required_ok:  # find and name the bad field
-        if type(j) is not dict:
-            _fail(path, f"expected object, got {_tn(j)}")
-        _int(j, "id", path)
-        _int(j, "runner", path)
-        _int(j, "infra", path)
-        if "spec" not in j:
-            _fail(f"{path}.spec", "missing required field")
-        _check_spec(j["spec"], f"{path}.spec")
-        _str(j, "task", path)
-    if len(j) > 5:
-        for key in ("isolated", "spec_tools", "validate_tools", "tool_executor"):
-            _opt(j, key, bool, path, "bool")
-        _opt(j, "timeout_s", _NUM, path, "number")
-        _trace(j, path)
-        tools = j.get("tools")
-        if tools is not None:
-            _want(tools, dict, f"{path}.tools", "object")
-            for k, v in tools.items():
-                if v is not None:
-                    _want(v, dict, f"{path}.tools.{k}", "object or null")
-        mb = j.get("mailbox")
-        if mb is not None:
-            p = f"{path}.mailbox"
-            _want(mb, dict, p, "object")
-            kind = mb.get("kind")
-            if kind == "mailbox":
-                _int(mb, "object", p)
-                _int(mb, "buffer_size", p)
-            elif kind == "pool":
-                for key in ("agent_id", "inbox", "router", "capacity"):
-                    _int(mb, key, p)
-            else:
-                _fail(f"{p}.kind", f"unknown mailbox kind {kind!r} (expected 'mailbox' or 'pool')")
-
-
-def _check_reply(r: Any, path: str) -> None:
-    if type(r) is not dict:
-        _fail(path, f"expected object, got {_tn(r)}")
-    _int(r, "rid", path)
-    if "ok" not in r:
-        err = r.get("err", _MISSING)
-        if err is _MISSING:
-            _fail(path, "a reply needs 'ok' or 'err'")
-        _want(err, dict, f"{path}.err", "object")
-        _str(err, "type", f"{path}.err")
-
-
 def _v_blob(b: dict[str, Any], blob: bool) -> None:
     _int(b, "id", "$")
     if not blob:
@@ -319,16 +284,34 @@ def _v_blob(b: dict[str, Any], blob: bool) -> None:
 
 def _v_jobs(b: dict[str, Any], blob: bool) -> None:
     for i, j in enumerate(_list(b, "jobs", "$")):
-        _check_job(j, i)
+        check_job(j, i)
+
+
+def _v_fan(b: dict[str, Any], blob: bool) -> None:
+    _int(b, "runner", "$")
+    _int(b, "infra", "$")
+    ids, names, tasks = _list(b, "ids", "$"), _list(b, "names", "$"), _list(b, "tasks", "$")
+    if not len(ids) == len(names) == len(tasks):
+        _fail("$", f"ids, names and tasks need one entry per job, got {len(ids)}, {len(names)} and {len(tasks)}")
+    for i, v in enumerate(ids):
+        if type(v) is not int:
+            _fail(f"$.ids[{i}]", f"expected int, got {_tn(v)}")
+    for i, v in enumerate(names):
+        if type(v) is not str or not v:
+            _fail(f"$.names[{i}]", f"expected non-empty str, got {_tn(v) if type(v) is not str else 'empty str'}")
+    for i, v in enumerate(tasks):
+        if type(v) is not str:
+            _fail(f"$.tasks[{i}]", f"expected str, got {_tn(v)}")
+    check_mailbox(b, "$")
 
 
 def _v_ret(b: dict[str, Any], blob: bool) -> None:
     for i, r in enumerate(_list(b, "replies", "$")):
-        _check_reply(r, f"$.replies[{i}]")
+        check_reply(r, f"$.replies[{i}]")
 
 
 def _v_rret(b: dict[str, Any], blob: bool) -> None:
-    _check_reply(b, "$")
+    check_reply(b, "$")
 
 
 def _v_cancel(b: dict[str, Any], blob: bool) -> None:
@@ -379,110 +362,10 @@ def _v_putr(b: dict[str, Any], blob: bool) -> None:
     if "ok" in b or "gone" in b:
         _int(b, "rid", "$")
     else:
-        _check_reply(b, "$")
+        check_reply(b, "$")
 
 
 # -- worker -> coordinator ----------------------------------------------------------------------------------------
-
-def _plain_output(o: Any) -> bool:
-    """The common shape of a successful agent's output: a str answer, no tokens, no tools."""
-    return (type(o) is list and len(o) == 8 and type(o[0]) is str and type(o[1]) is str and type(o[2]) is int
-            and type(o[3]) is int and type(o[4]) is float and o[6] is None and type(o[7]) is list and not o[7])
-
-
-def _check_output(o: Any, path: str) -> None:
-    if _plain_output(o):
-        return  # fast path: the common shape
-    if type(o) is not list:
-        _fail(path, f"expected list [{', '.join(OUTPUT_FIELDS)}], got {_tn(o)}")
-    if len(o) not in (8, 9):
-        _fail(path, f"expected 8 fields [{', '.join(OUTPUT_FIELDS[:8])}] (+ error), got {len(o)}")
-    _want_str(o[0], f"{path}[0] (name)")
-    _want_str(o[1], f"{path}[1] (answer)")
-    _want(o[2], int, f"{path}[2] (turns)", "int")
-    _want(o[3], int, f"{path}[3] (tool_calls)", "int")
-    _want(o[4], _NUM, f"{path}[4] (duration_ms)", "number")
-    tok = o[6]
-    if tok is not None:
-        p = f"{path}[6] (tokens)"
-        if type(tok) is not list or len(tok) != 3:
-            _fail(p, f"expected [input_tokens, output_tokens, cost_usd] or null, got {_tn(tok)}")
-        _want(tok[0], int, f"{p}[0]", "int")
-        _want(tok[1], int, f"{p}[1]", "int")
-        _want(tok[2], _NUM, f"{p}[2]", "number")
-    _want(o[7], list, f"{path}[7] (tools_used)", "list")
-    for i, t in enumerate(o[7]):
-        _want_str(t, f"{path}[7][{i}]")
-    if len(o) == 9:
-        _want_str(o[8], f"{path}[8] (error)")
-
-
-def _check_writes(ws: Any, path: str) -> None:
-    _want(ws, list, path, "list or null")
-    for i, op in enumerate(ws):
-        p = f"{path}[{i}]"
-        _want(op, list, p, "list")
-        if len(op) == 4 and op[0] == "s":
-            _want(op[1], str, f"{p}[1]", "str")
-            _want(op[3], str, f"{p}[3]", "str")
-        elif len(op) == 3 and op[0] == "d":
-            _want(op[1], str, f"{p}[1]", "str")
-            _want(op[2], str, f"{p}[2]", "str")
-        else:
-            _fail(p, "expected [\"s\", key, value, writer] or [\"d\", key, writer]")
-
-
-def _check_result(r: Any, i: int) -> None:
-    """Result ``i`` of a batch. A successful agent's common shape (a str answer, no tokens, no tools, no writes)
-    is checked in one expression, without building the result's ``$.path``; anything else field by field."""
-    if (type(r) is dict and type(r.get("id")) is int and type(r.get("duration_ms")) is float
-            and r.get("error") is None and r.get("writes") is None and _plain_output(r.get("output"))):
-        return
-    _check_result_fields(r, f"$.results[{i}]")
-
-
-def _check_result_fields(r: Any, path: str) -> None:
-    if type(r) is not dict:
-        _fail(path, f"expected object, got {_tn(r)}")
-    _int(r, "id", path)
-    out = r.get("output")
-    if out is not None:
-        _check_output(out, f"{path}.output")
-    err = r.get("error")
-    if err is not None and type(err) is not str:
-        _fail(f"{path}.error", f"expected str or null, got {_tn(err)}")
-    if out is None and err is None:
-        _fail(f"{path}.error", "a result needs 'output' or 'error'")
-    dur = r.get("duration_ms", _MISSING)
-    if dur is _MISSING:
-        _fail(f"{path}.duration_ms", "missing required field")
-    _want(dur, _NUM, f"{path}.duration_ms", "number")
-    if r.get("writes") is not None:
-        _check_writes(r["writes"], f"{path}.writes")
-
-
-def _check_request(q: Any, path: str) -> None:
-    if type(q) is not dict:
-        _fail(path, f"expected object, got {_tn(q)}")
-    _int(q, "rid", path)
-    op = _str(q, "op", path)
-    if op == "tool":
-        _int(q, "job", path)
-        _str(q, "tool", path)
-        if "params" not in q:
-            _fail(f"{path}.params", "missing required field")
-        _trace(q, path)
-    elif op == "call":
-        _int(q, "job", path)
-        _int(q, "object", path)
-        _str(q, "method", path)
-        _list(q, "args", path)
-        _opt(q, "kwargs", dict, path, "object")
-    elif op == "cancel":
-        _int(q, "target", path)
-    else:
-        _fail(f"{path}.op", f"unknown request op {op!r} (expected 'tool', 'call' or 'cancel')")
-
 
 def _v_hello(b: dict[str, Any], blob: bool) -> None:
     for key in ("pid", "index", "gen"):
@@ -491,6 +374,23 @@ def _v_hello(b: dict[str, Any], blob: bool) -> None:
 
 
 def _v_batch(b: dict[str, Any], blob: bool) -> None:
+    done = b.get("done")
+    if done is not None:
+        _want(done, dict, "$.done", "object")
+        ids, answers, durs = _list(done, "ids", "$.done"), _list(done, "answers", "$.done"), \
+            _list(done, "durations", "$.done")
+        if not len(ids) == len(answers) == len(durs):
+            _fail("$.done", f"ids, answers and durations need one entry per agent, got {len(ids)}, "
+                            f"{len(answers)} and {len(durs)}")
+        for i, v in enumerate(ids):
+            if type(v) is not int:
+                _fail(f"$.done.ids[{i}]", f"expected int, got {_tn(v)}")
+        for i, v in enumerate(answers):
+            if type(v) is not str:
+                _fail(f"$.done.answers[{i}]", f"expected str, got {_tn(v)}")
+        for i, v in enumerate(durs):
+            if type(v) is not float:
+                _fail(f"$.done.durations[{i}]", f"expected float, got {_tn(v)}")
     ev = b.get("events")
     if ev is not None:
         _want(ev, list, "$.events", "list")
@@ -508,12 +408,12 @@ def _v_batch(b: dict[str, Any], blob: bool) -> None:
     if req is not None:
         _want(req, list, "$.requests", "list")
         for i, q in enumerate(req):
-            _check_request(q, f"$.requests[{i}]")
+            check_request(q, f"$.requests[{i}]")
     res = b.get("results")
     if res is not None:
         _want(res, list, "$.results", "list")
         for i, r in enumerate(res):
-            _check_result(r, i)
+            check_result(r, i)
 
 
 def _v_rpc(b: dict[str, Any], blob: bool) -> None:
@@ -554,7 +454,7 @@ def _v_nack(b: dict[str, Any], blob: bool) -> None:
 
 #: Kinds a worker accepts (from the coordinator) and their validators.
 TO_WORKER: dict[str, Check] = {
-    "runner": _v_blob, "infra": _v_blob, "jobs": _v_jobs, "ret": _v_ret, "rret": _v_rret,
+    "runner": _v_blob, "infra": _v_blob, "jobs": _v_jobs, "fan": _v_fan, "ret": _v_ret, "rret": _v_rret,
     "cancel": _v_cancel, "ping": _v_ping, "stop": _v_none, "forget": _v_forget, "put": _v_put,
     "pcancel": _v_rid, "hclose": _v_hclose, "lost": _v_lost,
 }

@@ -32,11 +32,9 @@ from typing import Any
 import orjson
 import zmq
 
-from ... import _strings as S
 from ... import tracing as _tracing
 from ...errors import ToolError, WireProtocolError
-from ...isolation import AgentContext
-from ...types import AgentSpec
+from ...types import AgentOutput, AgentSpec, _named_spec
 from ..agent_run import AgentEnvironment, exception_text, run_agent
 from ..base import AgentJob, AgentRun
 from ..gcpace import GcPacer
@@ -45,6 +43,7 @@ from .heartbeat import heartbeat, secure
 from .payloads import decode_error, decode_value, encode_value, is_message, output_to_wire, split_batch
 from .peers import Peers
 from .proxies import EventSink, RemoteBudget, RemoteTools, StateView, job_mailbox
+from .worker_jobs import WorkerCoordination, WorkerJob
 
 __all__ = ["main"]
 
@@ -59,82 +58,10 @@ def main(cfg: dict[str, Any]) -> None:
     uvloop.run(WorkerProcess(cfg).main())
 
 
-class WorkerCoordination:
-    """One coordination's budget (attached shared memory), policies and event sink, in this worker."""
-
-    __slots__ = ("budget", "policies", "sink", "error", "jobs", "forgotten")
-
-    def __init__(self, budget: Any, policies: Any, sink: EventSink, error: str | None = None) -> None:
-        self.budget = budget
-        self.policies = policies
-        self.sink = sink
-        self.error = error
-        self.jobs = 0  # running jobs of this coordination
-        self.forgotten = False  # the coordinator is done with it: release when its last job ends
-
-    def release(self) -> None:
-        """Unmap the budget's shared memory."""
-        if self.budget is not None:
-            try:
-                self.budget.close()
-            except Exception:  # noqa: BLE001 - best effort: a mapping, not data
-                pass
-            self.budget = None
-
-
 #: Frames read per wake-up of the main socket before the loop runs what they started. Draining without
 #: bound, a worker fed a million jobs started none until the stream paused (measured: agents of a
 #: 200k-job run began 1.6 s late).
 READ_BURST = 16
-
-
-class WorkerJob:
-    """One agent running in this worker; called with its task when the task is done (its done callback)."""
-
-    __slots__ = ("worker", "id", "spec", "view", "task", "finished", "stuck", "coordination", "coordination_id", "t0")
-
-    def __init__(self, worker: "WorkerProcess", jid: int, spec: AgentSpec, view: StateView,
-                 coordination: WorkerCoordination, coordination_id: int, t0: float) -> None:
-        self.worker = worker
-        self.id = jid
-        self.spec = spec
-        self.view = view
-        self.task: asyncio.Task[Any] | None = None
-        self.finished = False
-        self.stuck = False  # ignored its timeout's cancellation: ask to be killed after the result
-        self.coordination = coordination
-        self.coordination_id = coordination_id
-        self.t0 = t0  # time.perf_counter() when its frame arrived
-
-    # Bound methods, not per-job closures, for the agent's environment (a worker may hold 500k agents).
-    def isolate(self, name: str) -> AgentContext:
-        """An isolated agent's context: its state view already keeps writes local."""
-        return AgentContext(name, local_state=self.view)
-
-    def abandoned(self, task: "asyncio.Task[Any]", name: str) -> None:
-        """It ignored its timeout's cancellation: ask to be killed after the result."""
-        self.stuck = True
-
-    def __call__(self, task: "asyncio.Task[AgentRun]") -> None:
-        """The agent's task is done: report its run (none when cancelled: the coordinator cancelled it, or the
-        worker is stopping). The task runs ``run_agent`` itself, no wrapper coroutine (a worker may hold 500k
-        agents): ``run_agent`` returns every agent failure as a run, so an exception here is a crash of the
-        run itself, reported as the agent's error."""
-        w = self.worker
-        if task.cancelled():
-            w._end(self)
-            return
-        exc = task.exception()
-        if exc is None:
-            run = task.result()
-        else:
-            run = AgentRun(None, S.JOIN_ERROR.format(details=f"{type(exc).__name__}: {exc}"),
-                           (time.perf_counter() - self.t0) * 1000.0)
-        w._end(self)
-        w._result(self.id, run, self.view.ops or None)
-        if self.stuck:  # the runner ignored its timeout's cancellation: report, then ask to be killed
-            w._flush()
-            w._send(wire.encode({"t": "stuck", "job": self.id}))
 
 
 class WorkerProcess:
@@ -155,6 +82,8 @@ class WorkerProcess:
         self.pending: dict[int, asyncio.Future[Any]] = {}
         self.late_sinks: dict[int, Any] = {}  # rid -> RemoteInbox of a cancelled recv
         self.out_results: list[dict[str, Any]] = []
+        #: Successes that travel in a batch's ``done`` columns (id, output): see ``WorkerJob.__call__``.
+        self.out_done: list[tuple[int, AgentOutput]] = []
         self.out_requests: list[dict[str, Any]] = []
         self.out_events: dict[int, list[dict[str, Any]]] = {}
         self.backlog: collections.deque[list[bytes]] = collections.deque()
@@ -287,7 +216,9 @@ class WorkerProcess:
 
     def _dispatch(self, body: dict[str, Any], blob: bytes | None) -> None:
         t = body["t"]
-        if t == "jobs":
+        if t == "fan":
+            self._start_fan(body)
+        elif t == "jobs":
             t0 = time.perf_counter()  # one float for the frame's jobs (24 bytes per agent in flight otherwise)
             for j in body["jobs"]:
                 self._start_job(j, t0)
@@ -362,6 +293,22 @@ class WorkerProcess:
             fut.set_exception(decode_error(r["err"]))
 
     # -- jobs -------------------------------------------------------------------------------------------------------
+    def _start_fan(self, body: dict[str, Any]) -> None:
+        """The jobs of a ``fan`` frame: one runner and coordination, name-only specs, defaults otherwise."""
+        t0 = time.perf_counter()
+        ids = body["ids"]
+        rid, cid = body["runner"], body["infra"]
+        runner, wc = self.runners.get(rid), self.coordinations.get(cid)
+        if runner is None or wc is None or wc.error:
+            err = self._missing(rid, runner, wc)
+            for jid in ids:
+                self._result(jid, AgentRun(None, err, 0.0), None)
+            return
+        desc = body.get("mailbox")
+        for jid, name, task in zip(ids, body["names"], body["tasks"]):
+            spec = _named_spec(name)
+            self._launch(jid, spec, AgentJob(spec, task), runner, wc, cid, desc, None, t0)
+
     def _start_job(self, j: dict[str, Any], t0: float) -> None:
         jid = j["id"]
         wc = self.coordinations.get(j["infra"])
@@ -372,28 +319,38 @@ class WorkerProcess:
             self._result(jid, AgentRun(None, f"invalid agent spec: {exc}", 0.0), None)
             return
         if runner is None or wc is None or wc.error:
-            err = (self.runner_errors.get(j["runner"]) if runner is None else None) or (wc.error if wc else None) \
-                or "internal: the worker never received this job's runner/infra"
-            self._result(jid, AgentRun(None, err, 0.0), None)
+            self._result(jid, AgentRun(None, self._missing(j["runner"], runner, wc), 0.0), None)
             return
-        view = StateView(self, j["infra"])
-        job = WorkerJob(self, jid, spec, view, wc, j["infra"], t0)
+        if len(j) == 5 or (len(j) == 6 and "mailbox" in j):  # every optional field at its default
+            self._launch(jid, spec, AgentJob(spec, j["task"]), runner, wc, j["infra"], j.get("mailbox"), None, t0)
+            return
+        agent = AgentJob(spec, j["task"], isolated=j.get("isolated", False), tools=j.get("tools"),
+                         register_spec_tools=j.get("spec_tools", True),
+                         validate_job_tools=j.get("validate_tools", True))
+        self._launch(jid, spec, agent, runner, wc, j["infra"], j.get("mailbox"), j, t0)
+
+    def _missing(self, rid: int, runner: Any, wc: WorkerCoordination | None) -> str:
+        """Why a job cannot start: its runner or coordination failed to load here, or never arrived."""
+        return ((self.runner_errors.get(rid) if runner is None else None) or (wc.error if wc else None)
+                or "internal: the worker never received this job's runner/infra")
+
+    def _launch(self, jid: int, spec: AgentSpec, agent: AgentJob, runner: Any, wc: WorkerCoordination, cid: int,
+                mailbox_desc: dict[str, Any] | None, j: dict[str, Any] | None, t0: float) -> None:
+        """Start one agent as a task; ``j``: its job entry when an optional field is set (else all defaults)."""
+        view = StateView(self, cid)
+        job = WorkerJob(self, jid, spec, view, wc, cid, t0)
         wc.jobs += 1
         self.jobs[jid] = job
-        mailbox = job_mailbox(self, jid, j.get("mailbox"))
-        if len(j) == 5 or (len(j) == 6 and "mailbox" in j):  # a fan-out's job: every optional field at its default
-            agent = AgentJob(spec, j["task"])  # keywords and .get()s cost 0.3 us a job more
+        mailbox = job_mailbox(self, jid, mailbox_desc)
+        if j is None:  # keywords and .get()s cost 0.3 us a job more
             env = AgentEnvironment(view, wc.sink, wc.policies, wc.budget, None, self.grace, None, None, True)
             tools = None
         else:
-            isolated = j.get("isolated", False)
             timeout_s = j.get("timeout_s")
-            agent = AgentJob(spec, j["task"], isolated=isolated, tools=j.get("tools"),
-                             register_spec_tools=j.get("spec_tools", True),
-                             validate_job_tools=j.get("validate_tools", True))
             # bound methods only where they can be called (64 bytes each, per agent in flight)
             env = AgentEnvironment(view, wc.sink, wc.policies, wc.budget, timeout_s, self.grace,
-                                   job.isolate if isolated else None, None if timeout_s is None else job.abandoned,
+                                   job.isolate if agent.isolated else None,
+                                   None if timeout_s is None else job.abandoned,
                                    remote=True, trace_context=j.get("trace"))
             tools = RemoteTools(self, jid) if j.get("tool_executor") else None
         task = job.task = self.loop.create_task(  # named after its agent: no name str of its own (64 B per agent)
@@ -516,9 +473,25 @@ class WorkerProcess:
         self.out_events = {}
         req, self.out_requests = self.out_requests, []
         res, self.out_results = self.out_results, []
-        if not (ev or req or res):
-            return
+        done, self.out_done = self.out_done, []
         bs = self.batch_size
+        if ev or req or res:
+            self._flush_results(ev, req, res, bs)
+        for k in range(0, len(done), bs):
+            chunk = done[k:k + bs]
+            try:
+                data: bytes | None = orjson.dumps(wire.encode_done([jid for jid, _ in chunk],
+                                                                   [o.answer for _, o in chunk],
+                                                                   [o.duration_ms for _, o in chunk]))
+            except TypeError:  # an answer JSON cannot carry (a lone surrogate): the results' own way
+                data = None
+            if data is not None and len(data) <= self.max_frame_bytes:
+                self._send([wire.VERSION, data])
+                continue
+            rs = [wire.encode_result(jid, output_to_wire(o), None, o.duration_ms, None) for jid, o in chunk]
+            self._flush_results([], [], rs, bs)
+
+    def _flush_results(self, ev: list[Any], req: list[dict[str, Any]], res: list[dict[str, Any]], bs: int) -> None:
         first = True
         for k in range(0, max(len(res), 1), bs):
             body: dict[str, Any] = {"t": "batch", "results": res[k:k + bs]}
