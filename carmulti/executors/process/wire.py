@@ -85,8 +85,9 @@ from ...errors import WireProtocolError
 from ._fields import _MISSING, _fail, _int, _int_list, _list, _opt, _str, _tn, _want
 from ._items import check_job, check_mailbox, check_reply, check_request, check_result
 
-__all__ = ["DEFAULT_MAX_FRAME_BYTES", "PEER", "SOCKET_SLACK", "TO_COORDINATOR", "TO_WORKER", "VERSION", "decode", "encode",
-           "encode_done", "encode_fan", "encode_job", "encode_result", "encode_spec", "fan_ready", "has_input", "salvage_ids"]
+__all__ = ["DEFAULT_MAX_FRAME_BYTES", "PEER", "SOCKET_SLACK", "TO_COORDINATOR", "TO_WORKER", "VERSION", "decode",
+           "encode", "encode_done", "encode_fan", "encode_job", "encode_result", "encode_spec", "fan_ready",
+           "has_input", "salvage_ids"]
 
 #: The protocol version byte (frame 0 of every message).
 VERSION = b"\x01"
