@@ -161,6 +161,14 @@ def test_the_jobs_of_a_rejected_frame_are_salvaged_from_either_kind():
     assert W.salvage_ids(orjson.dumps(batch), "results", "id") == [3, 4, 5]
 
 
+def test_one_frame_is_the_encoding_when_it_fits_else_none():
+    body = {"t": "jobs", "jobs": [JOB]}
+    assert P.one_frame(body, 1000) == orjson.dumps(body)
+    assert P.one_frame(body, len(orjson.dumps(body)) - 1) is None  # over the limit
+    assert P.one_frame(dict(JOB, task="half \udcff"), 1000) is None  # orjson refuses a lone surrogate
+    assert P.one_frame({"t": "x", "v": {1, 2}}, 1000) is None  # not JSON
+
+
 def test_oversize_body_is_rejected():
     with pytest.raises(WireProtocolError, match="exceeds max_frame_bytes=10"):
         W.decode(frames({"t": "ping", "n": 123456789}), W.TO_WORKER, max_frame_bytes=10)

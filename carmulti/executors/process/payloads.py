@@ -17,7 +17,7 @@ from ...mailbox import AgentMessage
 from ...types import AgentOutput, Message, TokenAccounting
 
 __all__ = ["FRAME_OVERHEAD", "OUTPUT_FIELDS", "SURROGATE_TAG", "apply_writes", "decode_error", "decode_value",
-           "encode_error", "encode_value", "escape_strings", "find_unserializable", "output_from_wire",
+           "encode_error", "encode_value", "escape_strings", "find_unserializable", "one_frame", "output_from_wire",
            "output_to_wire", "pack_frames", "split_batch", "too_big"]
 
 # -- outputs -------------------------------------------------------------------------------------------------------
@@ -193,6 +193,16 @@ def find_unserializable(value: Any, path: str = "$") -> tuple[str, str] | None:
 
 #: Room kept in every frame for the envelope around its items, in bytes.
 FRAME_OVERHEAD = 256
+
+
+def one_frame(body: dict[str, Any], limit: int) -> bytes | None:
+    """``body`` as the bytes of one frame, or ``None`` when orjson refuses it (a lone surrogate, a value
+    that is not JSON) or it exceeds ``limit`` bytes: the sender then encodes its items one by one."""
+    try:
+        data = orjson.dumps(body)
+    except TypeError:
+        return None
+    return data if len(data) <= limit else None
 
 
 def pack_frames(prefix: bytes, suffix: bytes, parts: list[bytes], limit: int) -> list[bytes]:

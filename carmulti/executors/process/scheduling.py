@@ -30,7 +30,8 @@ from ...isolation import AgentContext
 from ...types import AgentOutput
 from ..base import IDEMPOTENT_METADATA_KEY, AgentJob, AgentRun
 from . import wire
-from .payloads import FRAME_OVERHEAD, apply_writes, find_unserializable, output_from_wire, pack_frames, too_big
+from .payloads import (FRAME_OVERHEAD, apply_writes, find_unserializable, one_frame, output_from_wire, pack_frames,
+                       too_big)
 
 from .records import Batch, PendingJob, ProcessConfig, RunState, WorkerHandle
 from .services import Services
@@ -155,7 +156,9 @@ class Scheduler:
             for k in range(0, len(items), bs):
                 chunk = items[k:k + bs]
                 if seg.fan:
-                    data = self._fan_frame(seg, chunk, limit)
+                    data = one_frame(wire.encode_fan(seg.runner, seg.infra, [p.id for p in chunk],
+                                                     [p.job.spec.name for p in chunk], [p.job.task for p in chunk],
+                                                     seg.mailbox), limit)
                     if data is not None:
                         send(w, [wire.VERSION, data])
                         continue
@@ -173,25 +176,11 @@ class Scheduler:
                     if p is not None and p.deadline is None:
                         p.deadline = loop.call_later(to + grace + 0.1, self._deadline, p)  # type: ignore[union-attr]
 
-    @staticmethod
-    def _fan_frame(seg: "_Segment", chunk: list[PendingJob], limit: int) -> bytes | None:
-        """The ``fan`` frame of ``chunk``, or ``None`` when orjson refuses it (a lone surrogate) or it is too big."""
-        try:
-            data = orjson.dumps(wire.encode_fan(seg.runner, seg.infra, [p.id for p in chunk],
-                                                [p.job.spec.name for p in chunk], [p.job.task for p in chunk],
-                                                seg.mailbox))
-        except TypeError:
-            return None
-        return data if len(data) <= limit else None
-
     def _send_jobs(self, w: WorkerHandle, chunk: list[dict[str, Any]], limit: int) -> None:
         """Jobs as ``jobs`` frames: one frame when it fits, else job by job (a job that cannot go fails)."""
         send = self.transport.send
-        try:
-            data: bytes | None = orjson.dumps({"t": "jobs", "jobs": chunk})
-        except TypeError:
-            data = None
-        if data is not None and len(data) <= limit:
+        data = one_frame({"t": "jobs", "jobs": chunk}, limit)
+        if data is not None:
             send(w, [wire.VERSION, data])
             return
         # rare: a job orjson refused, or more bytes than one frame takes: job by job

@@ -24,8 +24,8 @@ from ...mailbox import Inbox, Mailbox
 from ...types import TokenAccounting
 from . import wire
 from .hosting import Hosts
-from .payloads import (FRAME_OVERHEAD, decode_value, encode_error, encode_value, find_unserializable, pack_frames,
-                       too_big)
+from .payloads import (FRAME_OVERHEAD, decode_value, encode_error, encode_value, find_unserializable, one_frame,
+                       pack_frames, too_big)
 
 from .records import PendingJob, ProcessConfig, RunState, WorkerHandle
 from .shipping import ShippedCache
@@ -178,11 +178,8 @@ class Services:
         """Send ``w``'s pending replies (one frame, or frames packed by bytes)."""
         rets, w.replies = w.replies, []
         limit = self.config.max_frame_bytes
-        try:
-            data: bytes | None = orjson.dumps({"t": "ret", "replies": rets})
-        except TypeError:
-            data = None
-        if data is not None and len(data) <= limit:
+        data = one_frame({"t": "ret", "replies": rets}, limit)
+        if data is not None:
             self.transport.send(w, [wire.VERSION, data])
             return
         for body in _pack_replies(rets, limit):

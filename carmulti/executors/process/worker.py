@@ -29,7 +29,6 @@ import threading
 import time
 from typing import Any
 
-import orjson
 import zmq
 
 from ... import tracing as _tracing
@@ -40,7 +39,7 @@ from ..base import AgentJob, AgentRun
 from ..gcpace import GcPacer
 from . import wire
 from .heartbeat import heartbeat, secure
-from .payloads import decode_error, decode_value, encode_value, is_message, output_to_wire, split_batch
+from .payloads import decode_error, decode_value, encode_value, is_message, one_frame, output_to_wire, split_batch
 from .peers import Peers
 from .proxies import EventSink, RemoteBudget, RemoteTools, StateView, job_mailbox
 from .worker_jobs import WorkerCoordination, WorkerJob
@@ -479,15 +478,12 @@ class WorkerProcess:
             self._flush_results(ev, req, res, bs)
         for k in range(0, len(done), bs):
             chunk = done[k:k + bs]
-            try:
-                data: bytes | None = orjson.dumps(wire.encode_done([jid for jid, _ in chunk],
-                                                                   [o.answer for _, o in chunk],
-                                                                   [o.duration_ms for _, o in chunk]))
-            except TypeError:  # an answer JSON cannot carry (a lone surrogate): the results' own way
-                data = None
-            if data is not None and len(data) <= self.max_frame_bytes:
+            data = one_frame(wire.encode_done([jid for jid, _ in chunk], [o.answer for _, o in chunk],
+                                              [o.duration_ms for _, o in chunk]), self.max_frame_bytes)
+            if data is not None:
                 self._send([wire.VERSION, data])
                 continue
+            # an answer JSON cannot carry (a lone surrogate), or too many bytes: the results' own way
             rs = [wire.encode_result(jid, output_to_wire(o), None, o.duration_ms, None) for jid, o in chunk]
             self._flush_results([], [], rs, bs)
 
@@ -501,11 +497,8 @@ class WorkerProcess:
                 if req:
                     body["requests"] = req
                 first = False
-            try:
-                data: bytes | None = orjson.dumps(body)
-            except TypeError:
-                data = None
-            if data is not None and len(data) <= self.max_frame_bytes:
+            data = one_frame(body, self.max_frame_bytes)
+            if data is not None:
                 self._send([wire.VERSION, data])
                 continue
             for frame in self._split(body):  # rare: something orjson refused, or over the frame limit
