@@ -156,52 +156,47 @@ async def test_overlay_rollback_restores_an_earlier_local_write():
     await infra.aclose()
 
 
+class CountingSleeper:
+    """Sleeps ``sleep_s``; counts the runs started, finished and cancelled in ``seen``."""
+
+    def __init__(self, sleep_s: float) -> None:
+        self.sleep_s = sleep_s
+        self.seen = {"started": 0, "finished": 0, "cancelled": 0}
+
+    async def run(self, spec, task, runtime, mailbox):
+        self.seen["started"] += 1
+        try:
+            await asyncio.sleep(self.sleep_s)
+        except asyncio.CancelledError:
+            self.seen["cancelled"] += 1
+            raise
+        self.seen["finished"] += 1
+        return "late"
+
+
 async def test_cancelling_a_pattern_cancels_its_runners_even_with_an_agent_timeout():
-    seen = {"started": 0, "finished": 0, "cancelled": 0}
-
-    class Slow:
-        async def run(self, spec, task, runtime, mailbox):
-            seen["started"] += 1
-            try:
-                await asyncio.sleep(0.5)
-            except asyncio.CancelledError:
-                seen["cancelled"] += 1
-                raise
-            seen["finished"] += 1
-            return "late"
-
+    runner = CountingSleeper(0.5)
     async with SharedInfra(executor=LocalExecutor(), agent_timeout_s=5.0) as infra:
-        task = asyncio.ensure_future(Swarm([AgentSpec("a"), AgentSpec("b")]).run("t", Slow(), infra))
+        task = asyncio.ensure_future(Swarm([AgentSpec("a"), AgentSpec("b")]).run("t", runner, infra))
         await asyncio.sleep(0.1)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
         await asyncio.sleep(0.6)
-    assert seen == {"started": 2, "finished": 0, "cancelled": 2}
+    assert runner.seen == {"started": 2, "finished": 0, "cancelled": 2}
 
 
 async def test_cancelling_a_parallel_round_cancels_every_runner():
     # no agent timeout: the batch's own tasks (LocalExecutor.run_batch) are what the cancellation reaches
-    seen = {"started": 0, "cancelled": 0}
-
-    class Slow:
-        async def run(self, spec, task, runtime, mailbox):
-            seen["started"] += 1
-            try:
-                await asyncio.sleep(5)
-            except asyncio.CancelledError:
-                seen["cancelled"] += 1
-                raise
-            return "late"
-
+    runner = CountingSleeper(5)
     async with SharedInfra(executor=LocalExecutor()) as infra:
-        task = asyncio.ensure_future(Swarm([AgentSpec(f"a{i}") for i in range(50)]).run("t", Slow(), infra))
-        while seen["started"] < 50:
+        task = asyncio.ensure_future(Swarm([AgentSpec(f"a{i}") for i in range(50)]).run("t", runner, infra))
+        while runner.seen["started"] < 50:
             await asyncio.sleep(0.01)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-    assert seen == {"started": 50, "cancelled": 50}
+    assert runner.seen == {"started": 50, "finished": 0, "cancelled": 50}
     assert not infra.state.keys()
 
 
